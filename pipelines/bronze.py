@@ -1,0 +1,49 @@
+"""Bronze: every Kafka record of the source topics, raw, exactly once."""
+
+from __future__ import annotations
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql.streaming import StreamingQuery
+
+from pipelines.io.delta import delta_append_stream
+from pipelines.io.kafka_source import read_kafka_stream
+from pipelines.settings import Settings
+
+LAYER, TABLE = "bronze", "events"
+QUERY_NAME = "bronze_events"
+
+
+def to_bronze(records: DataFrame) -> DataFrame:
+    """Kafka source rows -> the bronze.events schema of the contract."""
+    return (
+        records.withColumn("ingested_at", F.current_timestamp())
+        .select(
+            F.col("topic"),
+            F.col("partition"),
+            F.col("offset"),
+            F.col("timestamp").alias("kafka_timestamp"),
+            F.col("key").cast("string").alias("key"),
+            F.col("value").cast("string").alias("value"),
+            F.col("ingested_at"),
+            F.to_date("ingested_at").alias("ingest_date"),
+        )
+    )
+
+
+def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[StreamingQuery]:
+    records = read_kafka_stream(
+        spark, settings.kafka.bootstrap, settings.kafka.source_topics, settings.streaming
+    )
+    writer = delta_append_stream(
+        records.transform(to_bronze),
+        settings.lakehouse.table_path(LAYER, TABLE),
+        settings.lakehouse.checkpoint(QUERY_NAME),
+        partition_by=["ingest_date"],
+    ).queryName(QUERY_NAME)
+    writer = (
+        writer.trigger(availableNow=True)
+        if available_now
+        else writer.trigger(processingTime=settings.streaming.trigger)
+    )
+    return [writer.start()]

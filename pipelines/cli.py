@@ -1,0 +1,166 @@
+"""`lakehouse`: the command line of the media-streaming lakehouse."""
+
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from pipelines.settings import Settings, load_settings
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
+schemas_app = typer.Typer(no_args_is_help=True, help="Event schema tools.")
+app.add_typer(schemas_app, name="schemas")
+console = Console(stderr=True)
+
+ConfOption = typer.Option(
+    None, "--conf", help="config file (default conf/local.yaml, or $LAKEHOUSE_CONF)"
+)
+
+
+class UserError(Exception):
+    """A failure the user can fix; printed as one line, exit code 1."""
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from pipelines.jars import JarFetchError
+    from pipelines.kafka.embedded import BrokerError
+    from pipelines.settings import SettingsError
+
+    return (UserError, SettingsError, BrokerError, JarFetchError, FileNotFoundError)
+
+
+def command(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn known failures into a one-line reason on stderr and exit 1; a bare
+    traceback only with LAKEHOUSE_DEBUG=1."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            console.print("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:
+            if os.environ.get("LAKEHOUSE_DEBUG"):
+                raise
+            kind = "error" if isinstance(exc, _user_errors()) else f"error ({type(exc).__name__})"
+            message = " ".join(str(exc).split())[:500]
+            print(f"lakehouse: {kind}: {message}", file=sys.stderr)
+            raise typer.Exit(1) from None
+
+    return wrapper
+
+
+def _settings(conf: Path | None) -> Settings:
+    return load_settings(conf)
+
+
+def _spark(settings: Settings):  # noqa: ANN202 - pyspark import stays lazy for fast commands
+    from pipelines.spark import build_spark
+
+    return build_spark(settings.spark)
+
+
+@app.command()
+@command
+def up(conf: Path | None = ConfOption) -> None:
+    """Start the embedded single-node Kafka (KRaft) and create the topics."""
+    from pipelines.kafka import embedded
+
+    print(embedded.up(_settings(conf).kafka))
+
+
+@app.command()
+@command
+def down(conf: Path | None = ConfOption) -> None:
+    """Stop the embedded Kafka."""
+    from pipelines.kafka import embedded
+
+    print(embedded.down(_settings(conf).kafka))
+
+
+@app.command()
+@command
+def stream(
+    conf: Path | None = ConfOption,
+    available_now: bool = typer.Option(
+        False, "--available-now", help="process everything in Kafka, then exit"
+    ),
+    layers: str = typer.Option("bronze,silver,gold", help="comma-separated layers to run"),
+) -> None:
+    """Run the streaming jobs (bronze -> silver -> gold)."""
+    from pipelines.runner import parse_layers, run_layers
+
+    settings = _settings(conf)
+    try:
+        chosen = parse_layers(layers)
+    except ValueError as exc:
+        raise UserError(str(exc)) from exc
+    run_layers(_spark(settings), settings, chosen, available_now, report=console.print)
+
+
+@app.command()
+@command
+def simulate(
+    conf: Path | None = ConfOption,
+    events: int = typer.Option(..., "--events", min=1, help="number of records to produce"),
+    rate: float | None = typer.Option(None, "--rate", min=1, help="records per second"),
+    seed: int = typer.Option(0, "--seed", help="random seed (same seed, same traffic)"),
+    shuffle: bool = typer.Option(False, "--shuffle", help="shuffle arrival order in blocks"),
+    now: bool = typer.Option(False, "--now", help="wall-clock timestamps (freshness runs)"),
+) -> None:
+    """Produce a realistic event mix, bad records included, and write a manifest."""
+    from pipelines.simulate.producer import simulate as run_simulation
+
+    manifest = run_simulation(
+        _settings(conf), events, rate=rate, seed=seed, progress=True, shuffle=shuffle, now=now
+    )
+    print(
+        f"sent {manifest['total']} records in {manifest['seconds']:.1f}s "
+        f"({manifest['events_per_s']:.0f}/s); manifest {manifest['path']}"
+    )
+
+
+@schemas_app.command("check")
+@command
+def schemas_check(
+    old: Path | None = typer.Argument(None, help="old schema file"),
+    new: Path | None = typer.Argument(None, help="new schema file"),
+    all_versions: bool = typer.Option(
+        False, "--all", help="check consecutive versions of every schema in schemas/"
+    ),
+) -> None:
+    """Classify a schema change; exit 1 on a breaking change that is not a new major version."""
+    from pipelines.schemas import compat
+    from pipelines.schemas.registry import SCHEMA_DIR
+
+    if all_versions:
+        reports = compat.check_all(SCHEMA_DIR)
+    elif old is not None and new is not None:
+        for path in (old, new):
+            if not path.is_file():
+                raise UserError(f"schema file not found: {path}")
+        reports = [compat.check_files(old, new)]
+    else:
+        raise UserError("give OLD and NEW schema files, or --all")
+    for report in reports:
+        print(report.summary())
+    if not all(r.ok for r in reports):
+        raise typer.Exit(1)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""I/O at the edges: Kafka and Delta readers, writers and checkpoints."""

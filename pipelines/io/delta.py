@@ -1,0 +1,61 @@
+"""Delta table readers and writers shared by the jobs."""
+
+from __future__ import annotations
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.streaming import DataStreamWriter
+
+
+def table_exists(spark: SparkSession, path: str) -> bool:
+    return DeltaTable.isDeltaTable(spark, path)
+
+
+def ensure_table(
+    spark: SparkSession, path: str, like: DataFrame, partition_by: list[str] | None = None
+) -> DeltaTable:
+    """Create an empty Delta table with `like`'s schema if none exists at `path`."""
+    if not table_exists(spark, path):
+        builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(like.schema)
+        if partition_by:
+            builder = builder.partitionedBy(*partition_by)
+        builder.execute()
+    return DeltaTable.forPath(spark, path)
+
+
+def read_delta_stream(spark: SparkSession, path: str) -> DataFrame:
+    return spark.readStream.format("delta").load(path)
+
+
+def delta_append_stream(
+    df: DataFrame, path: str, checkpoint: str, partition_by: list[str] | None = None
+) -> DataStreamWriter:
+    """Append to a Delta table; the Delta sink records (query id, batch id) in the
+    table's log, so a replayed micro-batch is skipped: exactly once."""
+    writer = (
+        df.writeStream.format("delta")
+        .outputMode("append")
+        .option("checkpointLocation", checkpoint)
+    )
+    if partition_by:
+        writer = writer.partitionBy(*partition_by)
+    return writer.option("path", path)
+
+
+def merge_insert_new(
+    target: DeltaTable, updates: DataFrame, keys: list[str], extra_condition: str = ""
+) -> None:
+    """Insert the rows of `updates` whose `keys` are not yet in `target`.
+
+    An insert-only MERGE is idempotent: replaying the same rows after a crash
+    adds nothing, which is what makes foreachBatch sinks exactly-once.
+    """
+    condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
+    if extra_condition:
+        condition = f"{condition} AND {extra_condition}"
+    (
+        target.alias("t")
+        .merge(updates.alias("s"), condition)
+        .whenNotMatchedInsertAll()
+        .execute()
+    )

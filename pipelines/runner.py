@@ -1,0 +1,75 @@
+"""Starts the streaming layers and reports their progress."""
+
+from __future__ import annotations
+
+import importlib
+import time
+from collections.abc import Callable
+
+from pyspark.sql import SparkSession
+from pyspark.sql.streaming import StreamingQuery
+
+from pipelines.settings import Settings
+
+LAYERS = ("bronze", "silver", "gold")
+_MODULES = {
+    "bronze": "pipelines.bronze",
+    "silver": "pipelines.silver.job",
+    "gold": "pipelines.gold.job",
+}
+
+
+def parse_layers(text: str) -> list[str]:
+    layers = [x.strip() for x in text.split(",") if x.strip()]
+    unknown = [x for x in layers if x not in LAYERS]
+    if unknown or not layers:
+        raise ValueError(f"unknown layer(s) {unknown}; choose from {', '.join(LAYERS)}")
+    return [x for x in LAYERS if x in layers]  # always upstream first
+
+
+def _starter(layer: str) -> Callable[[SparkSession, Settings, bool], list[StreamingQuery]]:
+    return importlib.import_module(_MODULES[layer]).start
+
+
+def _await(queries: list[StreamingQuery], report: Callable[[str], None], every_s: float) -> None:
+    last = time.monotonic()
+    while any(q.isActive for q in queries):
+        for q in queries:
+            q.awaitTermination(timeout=1)
+        if time.monotonic() - last >= every_s:
+            last = time.monotonic()
+            for q in queries:
+                p = q.lastProgress
+                if p:
+                    report(
+                        f"{q.name}: batch {p['batchId']}, {p['numInputRows']} rows, "
+                        f"{p.get('processedRowsPerSecond', 0):.0f} rows/s"
+                    )
+    for q in queries:
+        if q.exception() is not None:
+            raise RuntimeError(f"stream {q.name} failed: {q.exception()}")
+
+
+def run_layers(
+    spark: SparkSession,
+    settings: Settings,
+    layers: list[str],
+    available_now: bool,
+    report: Callable[[str], None] = print,
+    every_s: float = 10.0,
+) -> None:
+    """`available_now`: drain each layer in order (bronze, then silver, then gold) and
+    return. Otherwise run all layers side by side until one stops or fails."""
+    if available_now:
+        for layer in layers:
+            started = time.monotonic()
+            _await(_starter(layer)(spark, settings, True), report, every_s)
+            report(f"{layer}: caught up in {time.monotonic() - started:.1f}s")
+        return
+    queries = [q for layer in layers for q in _starter(layer)(spark, settings, False)]
+    try:
+        _await(queries, report, every_s)
+    finally:
+        for q in queries:
+            if q.isActive:
+                q.stop()

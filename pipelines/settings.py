@@ -1,0 +1,245 @@
+"""Typed settings, parsed once at the entry point from `conf/*.yaml` plus
+`LAKEHOUSE_*` environment overrides."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONF = PROJECT_ROOT / "conf" / "local.yaml"
+
+# Short names the contract promises; everything else is LAKEHOUSE_<SECTION>__<KEY>.
+ENV_ALIASES = {
+    "LAKEHOUSE_ROOT": ("lakehouse", "root"),
+    "LAKEHOUSE_KAFKA_BOOTSTRAP": ("kafka", "bootstrap"),
+    "LAKEHOUSE_SPARK_MASTER": ("spark", "master"),
+}
+
+
+class SettingsError(ValueError):
+    """A configuration file or override that cannot be used; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class LakehouseSettings(_Strict):
+    root: str
+
+    def table_path(self, layer: str, table: str) -> str:
+        return f"{self.root.rstrip('/')}/{layer}/{table}"
+
+    def checkpoint(self, query: str) -> str:
+        return f"{self.root.rstrip('/')}/_checkpoints/{query}"
+
+
+class TopicSettings(_Strict):
+    name: str
+    partitions: int = Field(ge=1)
+    key: str
+
+
+class EmbeddedKafkaSettings(_Strict):
+    version: str
+    port: int = Field(ge=1, le=65535)
+    controller_port: int = Field(ge=1, le=65535)
+    data_dir: str
+    log_dir: str
+    heap: str
+    start_timeout_s: int = Field(ge=1)
+
+
+class KafkaSettings(_Strict):
+    bootstrap: str
+    embedded: EmbeddedKafkaSettings
+    topics: dict[str, TopicSettings]
+
+    @field_validator("topics")
+    @classmethod
+    def _known_topics(cls, topics: dict[str, TopicSettings]) -> dict[str, TopicSettings]:
+        missing = {"user_actions", "content_uploads", "system_events", "notifications"} - set(
+            topics
+        )
+        if missing:
+            raise ValueError(f"missing topic entries: {sorted(missing)}")
+        return topics
+
+    @property
+    def source_topics(self) -> list[str]:
+        """Topics that producers write and bronze ingests (not our own output)."""
+        return [t.name for k, t in self.topics.items() if k != "notifications"]
+
+
+class SparkSettings(_Strict):
+    master: str
+    app_name: str
+    driver_memory: str
+    shuffle_partitions: int = Field(ge=1)
+    packages: list[str]
+    extra_conf: dict[str, str] = {}
+
+
+class StreamingSettings(_Strict):
+    trigger: str
+    max_offsets_per_trigger: int | None = Field(default=None, ge=1)
+    starting_offsets: str
+    max_record_bytes: int = Field(ge=64)
+
+
+class SilverSettings(_Strict):
+    dedup_horizon: str
+
+
+class GoldSettings(_Strict):
+    window: str
+    watermark: str
+    session_gap: str
+    high_cpu_pct: float = Field(ge=0, le=100)
+    high_cpu_minutes: int = Field(ge=1)
+
+
+class NotificationSettings(_Strict):
+    max_per_user_per_day: int = Field(ge=1)
+    fan_min_days: int = Field(ge=1)
+
+
+class AlsGrid(_Strict):
+    rank: list[int]
+    reg_param: list[float]
+    alpha: list[float]
+    max_iter: int = Field(ge=1)
+
+
+class FeatureSettings(_Strict):
+    top_k: int = Field(ge=1)
+    holdout_days: int = Field(ge=1)
+    popularity_days: int = Field(ge=1)
+    seed: int
+    als: AlsGrid
+
+
+class BadRatios(_Strict):
+    invalid_json: float = Field(ge=0, le=1)
+    schema_violation: float = Field(ge=0, le=1)
+    unknown_version: float = Field(ge=0, le=1)
+    oversize: float = Field(ge=0, le=1)
+
+
+class SimulateSettings(_Strict):
+    users: int = Field(ge=1)
+    media: int = Field(ge=1)
+    creators: int = Field(ge=1)
+    hosts: int = Field(ge=1)
+    genres: list[str]
+    days: int = Field(ge=1)
+    start: str
+    v1_ratio: float = Field(ge=0, le=1)
+    upload_ratio: float = Field(ge=0, le=1)
+    system_ratio: float = Field(ge=0, le=1)
+    duplicate_ratio: float = Field(ge=0, le=1)
+    late_ratio: float = Field(ge=0, le=1)
+    late_by: str
+    bad: BadRatios
+    manifest_dir: str
+
+
+class MaintenanceSettings(_Strict):
+    vacuum_retention_hours: int = Field(ge=0)
+    target_file_mb: int = Field(ge=1)
+
+
+class MetricsSettings(_Strict):
+    port: int = Field(ge=1, le=65535)
+
+
+class Settings(_Strict):
+    lakehouse: LakehouseSettings
+    kafka: KafkaSettings
+    spark: SparkSettings
+    streaming: StreamingSettings
+    silver: SilverSettings
+    gold: GoldSettings
+    notifications: NotificationSettings
+    features: FeatureSettings
+    simulate: SimulateSettings
+    maintenance: MaintenanceSettings
+    metrics: MetricsSettings
+
+    def topic(self, kind: str) -> TopicSettings:
+        return self.kafka.topics[kind]
+
+
+def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    node = tree
+    for part in path[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            raise SettingsError(f"override {'.'.join(path)}: '{part}' is not a section")
+        node = child
+    if path[-1] not in node:
+        raise SettingsError(f"override {'.'.join(path)}: unknown key '{path[-1]}'")
+    node[path[-1]] = value
+
+
+def _env_overrides(env: dict[str, str]) -> list[tuple[tuple[str, ...], Any]]:
+    overrides = []
+    for name, raw in sorted(env.items()):
+        if not name.startswith("LAKEHOUSE_") or name == "LAKEHOUSE_CONF":
+            continue
+        if name in ENV_ALIASES:
+            path = ENV_ALIASES[name]
+        elif "__" in name:
+            path = tuple(p.lower() for p in name.removeprefix("LAKEHOUSE_").split("__"))
+        else:
+            raise SettingsError(
+                f"environment variable {name}: use LAKEHOUSE_<SECTION>__<KEY> "
+                f"or one of {sorted(ENV_ALIASES)}"
+            )
+        # YAML parsing lets "3", "true" and "[16, 32]" arrive typed.
+        overrides.append((path, yaml.safe_load(raw)))
+    return overrides
+
+
+def _resolve_paths(tree: dict[str, Any], base: Path) -> None:
+    """Relative local paths are relative to the project, not to the caller's cwd."""
+
+    def fix(value: str) -> str:
+        if "://" in value or Path(value).is_absolute():
+            return value
+        return str((base / value).resolve())
+
+    tree["lakehouse"]["root"] = fix(tree["lakehouse"]["root"])
+    emb = tree["kafka"]["embedded"]
+    emb["data_dir"], emb["log_dir"] = fix(emb["data_dir"]), fix(emb["log_dir"])
+    tree["simulate"]["manifest_dir"] = fix(tree["simulate"]["manifest_dir"])
+
+
+def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Read a conf file, apply LAKEHOUSE_* overrides, validate; errors name the key."""
+    env = dict(os.environ) if env is None else env
+    conf_path = Path(path or env.get("LAKEHOUSE_CONF") or DEFAULT_CONF)
+    if not conf_path.is_file():
+        raise SettingsError(f"config file not found: {conf_path}")
+    try:
+        tree = yaml.safe_load(conf_path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise SettingsError(f"{conf_path}: not valid YAML ({exc})") from exc
+    for key_path, value in _env_overrides(env):
+        _set_path(tree, key_path, value)
+    # A missing section is reported by pydantic below, with its name.
+    with contextlib.suppress(KeyError, TypeError):
+        _resolve_paths(tree, PROJECT_ROOT)
+    try:
+        return Settings.model_validate(tree)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
+        raise SettingsError(f"{conf_path}: {where}: {first['msg']}{more}") from exc

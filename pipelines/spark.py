@@ -1,0 +1,48 @@
+"""SparkSession factory: Delta and the Kafka source on the classpath, settings from conf/."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pyspark.sql import SparkSession
+
+from pipelines import jars
+from pipelines.settings import SparkSettings
+
+
+def pyspark_jars_dir() -> Path:
+    import pyspark
+
+    return Path(pyspark.__file__).parent / "jars"
+
+
+def connector_jars(spark: SparkSettings) -> list[str]:
+    """Local paths of the Delta + Kafka connector jars (fetched by Maven once)."""
+    return [str(j) for j in jars.fetch("spark", spark.packages, provided_dir=pyspark_jars_dir())]
+
+
+def build_spark(spark: SparkSettings, extra: dict[str, str] | None = None) -> SparkSession:
+    """Create (or return the running) SparkSession configured for the lakehouse.
+
+    Under spark-submit on a cluster the jars are usually given with
+    `--packages`; set LAKEHOUSE_SKIP_JAR_FETCH=1 there to leave the classpath alone.
+    """
+    builder = (
+        SparkSession.builder.appName(spark.app_name)
+        .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")
+        .config(
+            "spark.sql.catalog.spark_catalog", "org.apache.spark.sql.delta.catalog.DeltaCatalog"
+        )
+        .config("spark.sql.shuffle.partitions", str(spark.shuffle_partitions))
+        .config("spark.driver.memory", spark.driver_memory)
+    )
+    if not os.environ.get("PYSPARK_SUBMIT_ARGS") and spark.master:
+        builder = builder.master(spark.master)
+    if not os.environ.get("LAKEHOUSE_SKIP_JAR_FETCH"):
+        builder = builder.config("spark.jars", ",".join(connector_jars(spark)))
+    for key, value in {**spark.extra_conf, **(extra or {})}.items():
+        builder = builder.config(key, value)
+    session = builder.getOrCreate()
+    session.sparkContext.setLogLevel("WARN")
+    return session
