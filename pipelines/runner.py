@@ -12,10 +12,12 @@ from pyspark.sql.streaming import StreamingQuery
 from pipelines.settings import Settings
 
 LAYERS = ("bronze", "silver", "gold")
+# Within a layer, jobs run in this order under --available-now: notifications
+# read the playback sessions that the engagement job writes.
 _MODULES = {
-    "bronze": "pipelines.bronze",
-    "silver": "pipelines.silver.job",
-    "gold": "pipelines.gold.job",
+    "bronze": ["pipelines.bronze"],
+    "silver": ["pipelines.silver.job"],
+    "gold": ["pipelines.gold.engagement", "pipelines.gold.notifications", "pipelines.gold.health"],
 }
 
 
@@ -27,8 +29,11 @@ def parse_layers(text: str) -> list[str]:
     return [x for x in LAYERS if x in layers]  # always upstream first
 
 
-def _starter(layer: str) -> Callable[[SparkSession, Settings, bool], list[StreamingQuery]]:
-    return importlib.import_module(_MODULES[layer]).start
+Starter = Callable[[SparkSession, Settings, bool], list[StreamingQuery]]
+
+
+def _starters(layer: str) -> list[tuple[str, Starter]]:
+    return [(m, importlib.import_module(m).start) for m in _MODULES[layer]]
 
 
 def _await(queries: list[StreamingQuery], report: Callable[[str], None], every_s: float) -> None:
@@ -63,10 +68,12 @@ def run_layers(
     if available_now:
         for layer in layers:
             started = time.monotonic()
-            _await(_starter(layer)(spark, settings, True), report, every_s)
+            for _, start in _starters(layer):
+                _await(start(spark, settings, True), report, every_s)
             report(f"{layer}: caught up in {time.monotonic() - started:.1f}s")
         return
-    queries = [q for layer in layers for q in _starter(layer)(spark, settings, False)]
+    starters = [start for layer in layers for _, start in _starters(layer)]
+    queries = [q for start in starters for q in start(spark, settings, False)]
     try:
         _await(queries, report, every_s)
     finally:

@@ -1,0 +1,1 @@
+"""Silver: validated, typed, deduplicated events; every bad record in quarantine."""

@@ -1,0 +1,74 @@
+"""Silver table schemas, derived from the latest event schema in `schemas/`.
+
+Wire names are camelCase; silver columns are their snake_case form, except
+the two that change meaning: `timestamp` becomes `event_time` and
+`schemaVersion` becomes `schema_version` (the version *as received*).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from pyspark.sql import types as T
+
+from pipelines.schemas.registry import spark_schema
+
+LAYER = "silver"
+QUARANTINE = "quarantine"
+ERROR_CODES = ("invalid_json", "schema_violation", "unknown_version", "oversize", "duplicate")
+
+
+@dataclass(frozen=True)
+class SilverTable:
+    table: str  # silver table name, also the `kafka.topics` key of its source topic
+    event_type: str  # schema registry name
+
+
+TABLES = (
+    SilverTable("user_actions", "user_action"),
+    SilverTable("content_uploads", "content_upload"),
+    SilverTable("system_events", "system_event"),
+)
+BY_TABLE = {t.table: t for t in TABLES}
+
+_RENAMES = {"timestamp": "event_time", "schemaVersion": "schema_version"}
+SOURCE_COLUMNS = T.StructType([
+    T.StructField("source_topic", T.StringType(), False),
+    T.StructField("source_partition", T.IntegerType(), False),
+    T.StructField("source_offset", T.LongType(), False),
+])
+
+
+def snake_case(name: str) -> str:
+    return _RENAMES.get(name) or re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+def event_columns(event_type: str) -> list[tuple[str, T.StructField]]:
+    """(wire name, silver field) of every field of the latest version, event id first;
+    a field is nullable exactly when the schema does not require it."""
+    fields = [f for f in spark_schema(event_type).fields if f.name != "schemaVersion"]
+    fields.sort(key=lambda f: f.name != "eventId")
+    return [(f.name, T.StructField(snake_case(f.name), f.dataType, f.nullable)) for f in fields]
+
+
+def silver_schema(event_type: str) -> T.StructType:
+    """The full schema of a silver event table, in column order."""
+    return T.StructType([
+        *(field for _, field in event_columns(event_type)),
+        T.StructField("schema_version", T.IntegerType(), False),
+        *SOURCE_COLUMNS.fields,
+        T.StructField("processed_at", T.TimestampType(), False),
+        T.StructField("event_date", T.DateType(), False),
+    ])
+
+
+QUARANTINE_SCHEMA = T.StructType([
+    T.StructField("topic", T.StringType(), False),
+    T.StructField("partition", T.IntegerType(), False),
+    T.StructField("offset", T.LongType(), False),
+    T.StructField("value", T.StringType(), True),
+    T.StructField("error_code", T.StringType(), False),
+    T.StructField("error_detail", T.StringType(), False),
+    T.StructField("quarantined_at", T.TimestampType(), False),
+])
