@@ -15,7 +15,12 @@ QUERY_NAME = "bronze_events"
 
 
 def to_bronze(records: DataFrame) -> DataFrame:
-    """Kafka source rows -> the bronze.events schema of the contract."""
+    """Kafka source rows -> the bronze.events schema of the contract.
+
+    `value_utf8` is false when the bytes were not valid UTF-8: `value` then holds
+    them decoded with replacement characters, and silver must not trust it.
+    """
+    value = F.col("value").cast("string")
     return (
         records.withColumn("ingested_at", F.current_timestamp())
         .select(
@@ -24,7 +29,8 @@ def to_bronze(records: DataFrame) -> DataFrame:
             F.col("offset"),
             F.col("timestamp").alias("kafka_timestamp"),
             F.col("key").cast("string").alias("key"),
-            F.col("value").cast("string").alias("value"),
+            value.alias("value"),
+            (F.encode(value, "UTF-8") == F.col("value")).alias("value_utf8"),
             F.col("ingested_at"),
             F.to_date("ingested_at").alias("ingest_date"),
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 from pyspark.sql import SparkSession
@@ -28,6 +29,9 @@ def build_spark(spark: SparkSettings, extra: dict[str, str] | None = None) -> Sp
     Under spark-submit on a cluster the jars are usually given with
     `--packages`; set LAKEHOUSE_SKIP_JAR_FETCH=1 there to leave the classpath alone.
     """
+    # Python workers must be this interpreter (the venv), not whatever `python3`
+    # is first on PATH: silver's classifier needs the venv's pyarrow and schemas.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     builder = (
         SparkSession.builder.appName(spark.app_name)
         .config("spark.sql.extensions", "io.delta.sql.DeltaSparkSessionExtension")

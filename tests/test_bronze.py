@@ -56,14 +56,16 @@ def test_to_bronze_keeps_raw_value_and_coordinates(spark) -> None:
         T.StructField("offset", T.LongType()), T.StructField("timestamp", T.TimestampType()),
     ])
     raw = spark.createDataFrame(
-        [(b"u1", b'{"a": 1}  ', "t", 0, 5, None), (None, b"\xe2\x99\xab", "t", 1, 7, None)], schema
+        [(b"u1", b'{"a": 1}  ', "t", 0, 5, None), (None, b"\xe2\x99\xab", "t", 1, 7, None),
+         (None, b"\xc3\x28", "t", 1, 8, None)], schema
     )
     out = raw.transform(to_bronze)
     assert out.columns == ["topic", "partition", "offset", "kafka_timestamp", "key", "value",
-                           "ingested_at", "ingest_date"]
+                           "value_utf8", "ingested_at", "ingest_date"]
     assertDataFrameEqual(
-        out.select("topic", "partition", "offset", "key", "value"),
-        [("t", 0, 5, "u1", '{"a": 1}  '), ("t", 1, 7, None, "\u266b")],
+        out.select("topic", "partition", "offset", "key", "value", "value_utf8"),
+        [("t", 0, 5, "u1", '{"a": 1}  ', True), ("t", 1, 7, None, "\u266b", True),
+         ("t", 1, 8, None, "\ufffd(", False)],
     )
     assert out.filter(F.col("ingest_date") != F.to_date("ingested_at")).count() == 0
 

@@ -44,8 +44,9 @@ def delta_append_stream(
 
 def merge_insert_new(
     target: DeltaTable, updates: DataFrame, keys: list[str], extra_condition: str = ""
-) -> None:
-    """Insert the rows of `updates` whose `keys` are not yet in `target`.
+) -> int:
+    """Insert the rows of `updates` whose `keys` are not yet in `target`; return how
+    many were inserted.
 
     An insert-only MERGE is idempotent: replaying the same rows after a crash
     adds nothing, which is what makes foreachBatch sinks exactly-once.
@@ -53,9 +54,12 @@ def merge_insert_new(
     condition = " AND ".join(f"t.`{k}` <=> s.`{k}`" for k in keys)
     if extra_condition:
         condition = f"{condition} AND {extra_condition}"
-    (
+    metrics = (
         target.alias("t")
         .merge(updates.alias("s"), condition)
         .whenNotMatchedInsertAll()
         .execute()
+        .first()
     )
+    # The metrics row of a MERGE; a MERGE that changed nothing may commit nothing.
+    return int(metrics["num_inserted_rows"]) if metrics is not None else 0

@@ -1,0 +1,1 @@
+"""Recommendation features: implicit feedback, ALS, offline evaluation, batch retrain."""

@@ -1,0 +1,402 @@
+"""`lakehouse retrain`: batch retrain of the recommendation features.
+
+Reads gold.playback_sessions and silver.user_actions at pinned Delta versions,
+picks ALS parameters on a time-based holdout, refits on everything, and writes
+features.user_recommendations, features.item_popularity (both replaced) and
+one features.training_runs row (appended).
+
+Serving: a user in the inputs gets the model's top-K (completed items
+excluded), filled up with popular items when the model has fewer than K for
+them (or no factors at all). A brand-new user, unknown to every table, is
+served the first K rows of features.item_popularity in the `popular_items`
+order: most unique viewers, then most plays, then media_id.
+
+Reproducibility: `run(..., input_versions=<a training_runs row's input_versions>)`
+time-travels to those versions; with the same settings and seed it rewrites the
+same recommendations (only `generated_at` differs) under the same model_version.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from pipelines.features import interactions as ix
+from pipelines.features.evaluate import (
+    EVAL_K,
+    RELEVANT_WATCH_MS,
+    ranking_metrics,
+    relevant_items,
+    split_sessions,
+)
+from pipelines.features.model import ALS_BLOCKS, AlsParams, fit, param_grid, top_scores
+from pipelines.settings import Settings
+
+log = logging.getLogger(__name__)
+
+LAYER = "features"
+RECOMMENDATIONS, POPULARITY, RUNS = "user_recommendations", "item_popularity", "training_runs"
+SESSIONS_INPUT, ACTIONS_INPUT = "gold.playback_sessions", "silver.user_actions"
+INPUTS = (SESSIONS_INPUT, ACTIONS_INPUT)
+METRICS = (f"ndcg_at_{EVAL_K}", f"precision_at_{EVAL_K}", f"recall_at_{EVAL_K}")
+
+SCORES_SCHEMA = T.StructType([
+    T.StructField("user_id", T.StringType()),
+    T.StructField("media_id", T.StringType()),
+    T.StructField("score", T.DoubleType()),
+])
+GRID_POINT = T.StructType([
+    T.StructField("rank", T.IntegerType()),
+    T.StructField("reg_param", T.DoubleType()),
+    T.StructField("alpha", T.DoubleType()),
+    *(T.StructField(m, T.DoubleType()) for m in METRICS),
+])
+RUNS_SCHEMA = T.StructType([
+    T.StructField("model_version", T.StringType(), False),
+    T.StructField("trained_at", T.TimestampType(), False),
+    T.StructField("input_versions", T.MapType(T.StringType(), T.LongType()), False),
+    T.StructField("rank", T.IntegerType(), False),
+    T.StructField("reg_param", T.DoubleType(), False),
+    T.StructField("alpha", T.DoubleType(), False),
+    T.StructField("max_iter", T.IntegerType(), False),
+    T.StructField("seed", T.LongType(), False),
+    T.StructField("top_k", T.IntegerType(), False),
+    T.StructField("holdout_start", T.TimestampType()),
+    T.StructField("eval_users", T.LongType(), False),
+    *(T.StructField(m, T.DoubleType()) for m in METRICS),
+    *(T.StructField(f"baseline_{m}", T.DoubleType()) for m in METRICS),
+    T.StructField("grid", T.ArrayType(GRID_POINT), False),
+    T.StructField("users", T.LongType(), False),
+    T.StructField("items", T.LongType(), False),
+    T.StructField("interactions", T.LongType(), False),
+])
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def _input_path(settings: Settings, name: str) -> str:
+    layer, table = name.split(".")
+    return settings.lakehouse.table_path(layer, table)
+
+
+def current_versions(spark: SparkSession, settings: Settings) -> dict[str, int]:
+    """The latest Delta version of every input table."""
+    versions = {}
+    for name in INPUTS:
+        path = _input_path(settings, name)
+        if not DeltaTable.isDeltaTable(spark, path):
+            raise FileNotFoundError(f"{name}: no Delta table at {path}; run the streams first")
+        versions[name] = int(DeltaTable.forPath(spark, path).history(1).head()["version"])
+    return versions
+
+
+def read_inputs(
+    spark: SparkSession, settings: Settings, versions: dict[str, int]
+) -> tuple[DataFrame, DataFrame]:
+    """(sessions, actions) as of `versions`, only the columns retraining uses."""
+
+    def read(name: str) -> DataFrame:
+        return (
+            spark.read.format("delta")
+            .option("versionAsOf", versions[name])
+            .load(_input_path(settings, name))
+        )
+
+    sessions = read(SESSIONS_INPUT).select(
+        "user_id", "media_id", "session_start", "session_end", "watch_ms", "outcome"
+    )
+    actions = read(ACTIONS_INPUT).select("user_id", "media_id", "action", "event_time")
+    return sessions, actions
+
+
+def model_version(versions: dict[str, int], config: dict[str, Any]) -> str:
+    """A name that depends only on what determines the model: inputs, parameters, code
+    constants. Two runs on the same versions and settings share it."""
+    blob = json.dumps({"inputs": versions, "config": config}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------- helpers with actions
+
+
+class Timings(dict):
+    """Seconds per phase of a run, reported in the summary (and by the benchmark)."""
+
+    @contextmanager
+    def phase(self, name: str) -> Iterator[None]:
+        started = time.monotonic()
+        try:
+            yield
+        finally:
+            self[name] = round(self.get(name, 0.0) + time.monotonic() - started, 2)
+            log.info("retrain %s: %.1fs", name, self[name])
+
+
+
+def _candidates(exclude: DataFrame, k: int, items: int) -> int:
+    """How many scores to ask per user so k survive the exclusion of completed items."""
+    row = exclude.groupBy("user_id").count().agg(F.max("count")).head()
+    most_completed = int(row[0] or 0)
+    return max(1, min(k + most_completed, items))
+
+
+def _metrics(row: Any) -> dict[str, float | None]:
+    return {m: (None if row[m] is None else float(row[m])) for m in METRICS}
+
+
+def _indexed(interactions: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame]:
+    users = ix.id_index(interactions, "user_id", "user_idx").cache()
+    items = ix.id_index(interactions, "media_id", "item_idx").cache()
+    ratings = ix.to_ratings(interactions, users, items).cache()
+    return users, items, ratings
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def evaluate_grid(
+    spark: SparkSession,
+    sessions: DataFrame,
+    actions: DataFrame,
+    grid: list[AlsParams],
+    max_iter: int,
+    seed: int,
+    holdout_days: int,
+    popularity_days: int,
+    timings: Timings | None = None,
+) -> dict[str, Any]:
+    """Holdout metrics of every grid point and of the popularity baseline.
+
+    The last `holdout_days` days (before the newest session_end) are the test set;
+    each model is fit on the rest and judged on its top-10 for the users with a
+    relevant holdout item, completed training items excluded. Users the model
+    cannot score get popularity, as in production, for the model and the baseline.
+    """
+    timings = Timings() if timings is None else timings
+    newest = sessions.agg(F.max("session_end")).head()[0]
+    cut = newest - timedelta(days=holdout_days)
+    train, test = split_sessions(sessions, cut)
+    relevant = relevant_items(train, test).cache()
+    eval_users = relevant.select("user_id").distinct().cache()
+    exclude = ix.completed_pairs(train).cache()
+    train_popularity = ix.item_popularity(
+        actions.filter(F.col("event_time") < F.lit(cut)), train, popularity_days
+    )
+    interactions = ix.implicit_feedback(train)
+    users, items, ratings = _indexed(interactions)
+    popular = None
+    try:
+        with timings.phase("holdout_prepare"):
+            n_items = items.count()
+            n = _candidates(
+                exclude.join(eval_users, on="user_id", how="inner"), EVAL_K, max(n_items, 1)
+            )
+            popular = ix.popular_items(train_popularity, n).cache()
+            can_fit = eval_users.count() > 0 and ratings.count() > 0
+        with timings.phase("holdout_baseline"):
+            empty = spark.createDataFrame([], SCORES_SCHEMA)
+            baseline = ranking_metrics(
+                ix.blend_recommendations(empty, popular, eval_users, exclude, EVAL_K), relevant
+            ).head()
+        results = []
+        for i, params in enumerate(grid):
+            if not can_fit:
+                results.append({**params.as_dict(), **dict.fromkeys(METRICS)})
+                continue
+            with timings.phase(f"holdout_fit_{i}"):
+                model = fit(ratings, params, max_iter, seed)
+            with timings.phase(f"holdout_score_{i}"):
+                # Cached: the blend reads the scores twice (candidates and counts).
+                scores = top_scores(model, eval_users, users, items, n).cache()
+                recs = ix.blend_recommendations(scores, popular, eval_users, exclude, EVAL_K)
+                metrics = _metrics(ranking_metrics(recs, relevant).head())
+                scores.unpersist()
+            results.append({**params.as_dict(), **metrics})
+        return {
+            "holdout_start": cut,
+            "eval_users": int(baseline["users"]),
+            "baseline": _metrics(baseline),
+            "grid": results,
+        }
+    finally:
+        for df in (relevant, eval_users, exclude, users, items, ratings, popular):
+            if df is not None:
+                df.unpersist()
+
+
+def _chosen(results: list[dict[str, Any]], best: AlsParams) -> dict[str, Any]:
+    return next(r for r in results if all(r[k] == v for k, v in best.as_dict().items()))
+
+
+def best_params(grid: list[AlsParams], results: list[dict[str, Any]]) -> AlsParams:
+    """Highest holdout NDCG@10; the first in conf order on ties or without metrics."""
+    key = f"ndcg_at_{EVAL_K}"
+    best = max(range(len(grid)), key=lambda i: (results[i][key] or -1.0, -i))
+    return grid[best]
+
+
+# ---------------------------------------------------------------- the job
+
+
+def run(
+    spark: SparkSession, settings: Settings, input_versions: dict[str, int] | None = None
+) -> dict[str, Any]:
+    """Retrain, write the three features tables, return a summary of the run.
+
+    `input_versions` ({"gold.playback_sessions": v, "silver.user_actions": v})
+    pins the inputs (Delta time travel); by default the latest versions are used.
+    """
+    started = time.monotonic()
+    timings = Timings()
+    feats = settings.features
+    versions = dict(input_versions) if input_versions else current_versions(spark, settings)
+    missing = set(INPUTS) - set(versions)
+    if missing:
+        raise ValueError(f"input_versions lacks {sorted(missing)}")
+    versions = {name: int(versions[name]) for name in INPUTS}
+    trained_at = datetime.now(UTC)
+    sessions, actions = read_inputs(spark, settings, versions)
+    sessions, actions = sessions.cache(), actions.cache()
+    grid = param_grid(feats.als)
+    try:
+        with timings.phase("read_inputs"):
+            if sessions.isEmpty():
+                raise ValueError(
+                    f"{SESSIONS_INPUT} has no sessions at version {versions[SESSIONS_INPUT]}"
+                )
+            actions.count()
+        evaluation = evaluate_grid(
+            spark, sessions, actions, grid, feats.als.max_iter, feats.seed,
+            feats.holdout_days, feats.popularity_days, timings,
+        )  # fmt: skip
+        best = best_params(grid, evaluation["grid"])
+        config = {
+            "params": best.as_dict(),
+            "grid": [p.as_dict() for p in grid],
+            "max_iter": feats.als.max_iter,
+            "seed": feats.seed,
+            "top_k": feats.top_k,
+            "holdout_days": feats.holdout_days,
+            "popularity_days": feats.popularity_days,
+            "blocks": ALS_BLOCKS,
+            "relevant_watch_ms": RELEVANT_WATCH_MS,
+            "weights": [ix.PLAY_WEIGHT, ix.COMPLETE_BONUS, ix.SKIP_PENALTY,
+                        ix.WATCH_HOUR_WEIGHT, ix.WATCH_CAP_HOURS, ix.TRENDING_PRIOR],
+        }  # fmt: skip
+        version = model_version(versions, config)
+        written = _final(spark, settings, sessions, actions, best, version, trained_at, timings)
+        run_row = _run_row(version, trained_at, versions, best, feats, evaluation, written)
+        with timings.phase("write_run"):
+            spark.createDataFrame([run_row], RUNS_SCHEMA).write.format("delta").mode(
+                "append"
+            ).save(settings.lakehouse.table_path(LAYER, RUNS))
+    finally:
+        sessions.unpersist()
+        actions.unpersist()
+    return {
+        "model_version": version,
+        "trained_at": trained_at.isoformat(),
+        "input_versions": versions,
+        "params": best.as_dict(),
+        "holdout_start": evaluation["holdout_start"].isoformat(),
+        "eval_users": evaluation["eval_users"],
+        "model": _chosen(evaluation["grid"], best),
+        "baseline": evaluation["baseline"],
+        "grid": evaluation["grid"],
+        **written,
+        "timings_s": dict(timings),
+        "total_s": round(time.monotonic() - started, 1),
+    }
+
+
+def _final(
+    spark: SparkSession,
+    settings: Settings,
+    sessions: DataFrame,
+    actions: DataFrame,
+    params: AlsParams,
+    version: str,
+    generated_at: datetime,
+    timings: Timings,
+) -> dict[str, int]:
+    """Refit on all sessions with `params`; write recommendations and popularity."""
+    feats = settings.features
+    exclude = ix.completed_pairs(sessions).cache()
+    popularity = ix.item_popularity(actions, sessions, feats.popularity_days).cache()
+    users_all = sessions.select("user_id").unionByName(actions.select("user_id")).distinct()
+    interactions = ix.implicit_feedback(sessions)
+    users, items, ratings = _indexed(interactions)
+    scores = None
+    try:
+        with timings.phase("final_prepare"):
+            n_items = items.count()
+            n = _candidates(exclude, feats.top_k, n_items)
+        with timings.phase("final_fit"):
+            model = fit(ratings, params, feats.als.max_iter, feats.seed)
+        lake = settings.lakehouse
+        with timings.phase("final_recommend"):
+            scores = top_scores(model, users_all, users, items, n).cache()
+            recommendations = ix.blend_recommendations(
+                scores, ix.popular_items(popularity, n), users_all, exclude, feats.top_k
+            ).select(
+                "user_id", "rank", "media_id", "score",
+                F.lit(version).alias("model_version"),
+                F.lit(generated_at).cast("timestamp").alias("generated_at"),
+            )  # fmt: skip
+            recommendations.write.format("delta").mode("overwrite").save(
+                lake.table_path(LAYER, RECOMMENDATIONS)
+            )
+        with timings.phase("final_popularity"):
+            popularity.write.format("delta").mode("overwrite").save(
+                lake.table_path(LAYER, POPULARITY)
+            )
+        return {
+            "users": users.count(),
+            "items": n_items,
+            "interactions": ratings.count(),
+            "recommendation_rows": _rows_written(spark, lake.table_path(LAYER, RECOMMENDATIONS)),
+            "popularity_rows": _rows_written(spark, lake.table_path(LAYER, POPULARITY)),
+        }
+    finally:
+        for df in (exclude, users, items, ratings, popularity, scores):
+            if df is not None:
+                df.unpersist()
+
+
+def _rows_written(spark: SparkSession, path: str) -> int:
+    """Rows of the last write to a Delta table, from its log (no scan)."""
+    metrics = DeltaTable.forPath(spark, path).history(1).head()["operationMetrics"]
+    return int(metrics.get("numOutputRows", 0))
+
+
+def _run_row(
+    version: str,
+    trained_at: datetime,
+    versions: dict[str, int],
+    best: AlsParams,
+    feats: Any,
+    evaluation: dict[str, Any],
+    written: dict[str, int],
+) -> tuple:
+    chosen = _chosen(evaluation["grid"], best)
+    return (
+        version, trained_at, versions, best.rank, best.reg_param, best.alpha,
+        feats.als.max_iter, feats.seed, feats.top_k, evaluation["holdout_start"],
+        evaluation["eval_users"],
+        *(chosen[m] for m in METRICS),
+        *(evaluation["baseline"][m] for m in METRICS),
+        [tuple(r[f.name] for f in GRID_POINT.fields) for r in evaluation["grid"]],
+        written["users"], written["items"], written["interactions"],
+    )  # fmt: skip

@@ -1,0 +1,2 @@
+"""Gold: business tables computed from silver (engagement, sessions, daily tables,
+notifications, system health)."""

@@ -1,0 +1,314 @@
+"""Gold engagement job: silver.user_actions -> gold.media_engagement,
+gold.playback_sessions, gold.user_daily_engagement, gold.daily_active_users.
+
+Stateless, exact and replay-safe. Each micro-batch only says *which keys* changed;
+their values are recomputed from the silver table itself and upserted, so an
+out-of-order event (which can merge or split sessions, or change the watch time of an
+earlier play) lands correctly, and replaying a batch writes the same rows again.
+
+Lateness: a batch's watermark is the max event time of all EARLIER batches (kept in
+ops.gold_progress, one row per batch id, so a replayed batch sees the same value)
+minus `gold.watermark`. Older events are recorded in ops.late_events and left for
+`lakehouse reconcile` (pipelines.gold.reconcile), which recomputes their keys.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+
+from delta.tables import DeltaTable
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.streaming import StreamingQuery
+
+from pipelines.gold.transforms import (
+    annotate_plays,
+    daily_active_users,
+    media_engagement,
+    sessionize,
+    touched_dates,
+    touched_pairs,
+    touched_user_days,
+    touched_windows,
+    user_daily_engagement,
+    watch_read_dates,
+    window_start,
+)
+from pipelines.io.delta import ensure_table, merge_insert_new, read_delta_stream
+from pipelines.settings import Settings
+from pipelines.silver.tables import silver_schema
+
+QUERY_NAME = "gold_engagement"
+GOLD, OPS = "gold", "ops"
+MEDIA_ENGAGEMENT = "media_engagement"
+PLAYBACK_SESSIONS = "playback_sessions"
+USER_DAILY = "user_daily_engagement"
+DAILY_ACTIVE = "daily_active_users"
+PROGRESS = "gold_progress"
+LATE_EVENTS = "late_events"
+
+GOLD_KEYS = {
+    MEDIA_ENGAGEMENT: ["media_id", "window_start"],
+    PLAYBACK_SESSIONS: ["session_id"],
+    USER_DAILY: ["event_date", "user_id"],
+    DAILY_ACTIVE: ["event_date"],
+}
+
+PROGRESS_SCHEMA = T.StructType([
+    T.StructField("batch_id", T.LongType(), False),
+    T.StructField("max_event_time", T.TimestampType(), True),
+    T.StructField("recorded_at", T.TimestampType(), False),
+])
+LATE_EVENTS_SCHEMA = T.StructType([
+    T.StructField("event_id", T.StringType(), False),
+    T.StructField("user_id", T.StringType(), False),
+    T.StructField("media_id", T.StringType(), False),
+    T.StructField("event_time", T.TimestampType(), False),
+    T.StructField("event_date", T.DateType(), False),
+    T.StructField("recorded_at", T.TimestampType(), False),
+    T.StructField("reconciled_at", T.TimestampType(), True),
+])
+# Columns of a silver action that identify the gold keys it touches.
+KEY_COLUMNS = ["event_id", "user_id", "media_id", "event_time", "event_date"]
+
+
+@dataclass(frozen=True)
+class EngagementConf:
+    """What the job and reconcile need, as plain values: table paths and durations."""
+
+    silver: str
+    gold: dict[str, str]  # gold table name -> path
+    progress: str
+    late_events: str
+    window: str
+    gap: str
+    watermark: str
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> EngagementConf:
+        lake = settings.lakehouse
+        return cls(
+            silver=lake.table_path("silver", "user_actions"),
+            gold={t: lake.table_path(GOLD, t) for t in GOLD_KEYS},
+            progress=lake.table_path(OPS, PROGRESS),
+            late_events=lake.table_path(OPS, LATE_EVENTS),
+            window=settings.gold.window,
+            gap=settings.gold.session_gap,
+            watermark=settings.gold.watermark,
+        )
+
+
+def gold_frames(actions: DataFrame, conf: EngagementConf) -> dict[str, DataFrame]:
+    """The four gold tables computed from `actions` (silver.user_actions rows)."""
+    return {
+        MEDIA_ENGAGEMENT: media_engagement(actions, conf.window),
+        PLAYBACK_SESSIONS: sessionize(actions, conf.gap),
+        USER_DAILY: user_daily_engagement(annotate_plays(actions, conf.gap)),
+        DAILY_ACTIVE: daily_active_users(actions),
+    }
+
+
+def ensure_tables(spark: SparkSession, conf: EngagementConf) -> None:
+    """Create the gold and ops tables (and an empty silver source) if missing. Gold
+    schemas come from the transforms themselves, so they cannot drift."""
+    empty_silver = spark.createDataFrame([], silver_schema("user_action"))
+    # The silver job creates this same table; doing it here too lets gold start first.
+    ensure_table(spark, conf.silver, empty_silver, partition_by=["event_date"])
+    for table, frame in gold_frames(empty_silver, conf).items():
+        ensure_table(spark, conf.gold[table], frame)
+    ensure_table(spark, conf.progress, spark.createDataFrame([], PROGRESS_SCHEMA))
+    ensure_table(spark, conf.late_events, spark.createDataFrame([], LATE_EVENTS_SCHEMA))
+
+
+# --- recompute touched keys from silver (shared with reconcile) -----------------------
+
+
+def _collect_dates(dates: DataFrame) -> list:
+    """Driver-side list of dates, so that the silver read prunes event_date partitions."""
+    return sorted(r[0] for r in dates.distinct().collect())
+
+
+def _written(merge_metrics: DataFrame) -> int:
+    """Rows a MERGE inserted or updated, from the metrics row `execute()` returns."""
+    metrics = merge_metrics.first()
+    return 0 if metrics is None else metrics["num_inserted_rows"] + metrics["num_updated_rows"]
+
+
+def _upsert(spark: SparkSession, path: str, fresh: DataFrame, keys: list[str]) -> int:
+    condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+    return _written(
+        DeltaTable.forPath(spark, path).alias("t")
+        .merge(fresh.alias("s"), condition)
+        .whenMatchedUpdateAll()
+        .whenNotMatchedInsertAll()
+        .execute()
+    )
+
+
+def _silver(spark: SparkSession, conf: EngagementConf) -> DataFrame:
+    return spark.read.format("delta").load(conf.silver)
+
+
+def refresh_windows(spark: SparkSession, conf: EngagementConf, events: DataFrame) -> int:
+    """Recompute the media windows of `events` from silver; returns windows written."""
+    windows = touched_windows(events, conf.window)
+    # A window that crosses midnight spans two event_date partitions.
+    day_bounds = F.array(F.to_date("window_start"), F.to_date("window_end"))
+    dates = _collect_dates(windows.select(F.explode(day_bounds)))
+    if not dates:
+        return 0
+    actions = (
+        _silver(spark, conf)
+        .filter(F.col("event_date").isin(dates))
+        .withColumn("window_start", window_start(conf.window))
+        .join(
+            F.broadcast(windows.select("media_id", "window_start")),
+            on=["media_id", "window_start"],
+            how="left_semi",
+        )
+        .drop("window_start")
+    )
+    fresh = media_engagement(actions, conf.window)
+    return _upsert(spark, conf.gold[MEDIA_ENGAGEMENT], fresh, GOLD_KEYS[MEDIA_ENGAGEMENT])
+
+
+def refresh_sessions(spark: SparkSession, conf: EngagementConf, events: DataFrame) -> int:
+    """Replace every session of the (user_id, media_id) pairs of `events`, recomputed
+    from all their silver actions; returns the number of sessions written.
+
+    No partition pruning here: a session chain can span any number of days. One MERGE
+    both upserts the fresh sessions and deletes the pairs' sessions that no longer
+    exist (an out-of-order event can merge two sessions or split one), so readers
+    never see a pair half-replaced.
+    """
+    pairs = F.broadcast(touched_pairs(events))
+    actions = _silver(spark, conf).join(pairs, on=["user_id", "media_id"], how="left_semi")
+    fresh = sessionize(actions, conf.gap)
+    target = DeltaTable.forPath(spark, conf.gold[PLAYBACK_SESSIONS])
+    stale = (
+        target.toDF()
+        .join(pairs, on=["user_id", "media_id"], how="left_semi")
+        .join(fresh.select("session_id"), on="session_id", how="left_anti")
+    )
+    changes = (
+        fresh.withColumn("_delete", F.lit(False))
+        .unionByName(stale.withColumn("_delete", F.lit(True)))
+        # Materialized first: the source reads the very table this MERGE rewrites.
+        .localCheckpoint(eager=True)
+    )
+    columns = {c: f"s.`{c}`" for c in fresh.columns}
+    return _written(
+        target.alias("t")
+        .merge(changes.alias("s"), "t.session_id = s.session_id")
+        .whenMatchedDelete(condition="s._delete")
+        .whenMatchedUpdate(set=columns)
+        .whenNotMatchedInsert(condition="NOT s._delete", values=columns)
+        .execute()
+    )
+
+
+def refresh_user_days(spark: SparkSession, conf: EngagementConf, events: DataFrame) -> int:
+    """Recompute the (event_date, user_id) rows `events` can change; returns rows written."""
+    user_days = touched_user_days(events, conf.gap)
+    dates = _collect_dates(watch_read_dates(user_days, conf.gap))
+    if not dates:
+        return 0
+    actions = (
+        _silver(spark, conf)
+        .filter(F.col("event_date").isin(dates))
+        .join(F.broadcast(user_days.select("user_id").distinct()), on="user_id", how="left_semi")
+    )
+    # Annotate over the days after each key too (a play's next action may be after
+    # midnight), then keep only the key days themselves.
+    annotated = annotate_plays(actions, conf.gap).join(
+        F.broadcast(user_days), on=["event_date", "user_id"], how="left_semi"
+    )
+    fresh = user_daily_engagement(annotated)
+    return _upsert(spark, conf.gold[USER_DAILY], fresh, GOLD_KEYS[USER_DAILY])
+
+
+def refresh_active_days(spark: SparkSession, conf: EngagementConf, events: DataFrame) -> int:
+    """Recompute daily_active_users for the dates of `events`; returns days written."""
+    dates = _collect_dates(touched_dates(events))
+    if not dates:
+        return 0
+    actions = _silver(spark, conf).filter(F.col("event_date").isin(dates))
+    fresh = daily_active_users(actions)
+    return _upsert(spark, conf.gold[DAILY_ACTIVE], fresh, GOLD_KEYS[DAILY_ACTIVE])
+
+
+def refresh(spark: SparkSession, conf: EngagementConf, events: DataFrame) -> dict[str, int]:
+    """Recompute from silver every gold key that `events` (rows with KEY_COLUMNS) can
+    change and upsert it. Idempotent: running it twice writes the same rows."""
+    return {
+        "windows": refresh_windows(spark, conf, events),
+        "sessions": refresh_sessions(spark, conf, events),
+        "user_days": refresh_user_days(spark, conf, events),
+        "days": refresh_active_days(spark, conf, events),
+    }
+
+
+# --- the stream -----------------------------------------------------------------------
+
+
+def _watermark(spark: SparkSession, conf: EngagementConf, batch_id: int) -> DataFrame:
+    """One row: the watermark for `batch_id` (null before any earlier batch had events)."""
+    earlier = spark.read.format("delta").load(conf.progress).filter(F.col("batch_id") < batch_id)
+    return earlier.agg(
+        (F.max("max_event_time") - F.expr(f"INTERVAL {conf.watermark}")).alias("watermark")
+    )
+
+
+def process_batch(batch: DataFrame, batch_id: int, conf: EngagementConf) -> None:
+    """foreachBatch body: record late events, refresh the keys of on-time ones, then
+    record this batch's max event time. Safe to run again for the same batch id."""
+    spark = batch.sparkSession
+    events = batch.select(*KEY_COLUMNS).persist()
+    try:
+        if events.isEmpty():
+            return
+        # A null watermark (first batch) compares to null: nothing is late.
+        is_late = F.coalesce(F.col("event_time") < F.col("watermark"), F.lit(False))
+        flagged = (
+            events.join(F.broadcast(_watermark(spark, conf, batch_id)), how="cross")
+            .withColumn("is_late", is_late)
+            .drop("watermark")
+            .localCheckpoint(eager=True)
+        )
+        late = flagged.filter(F.col("is_late")).select(
+            *KEY_COLUMNS,
+            F.current_timestamp().alias("recorded_at"),
+            F.lit(None).cast("timestamp").alias("reconciled_at"),
+        )
+        if not late.isEmpty():
+            merge_insert_new(DeltaTable.forPath(spark, conf.late_events), late, ["event_id"])
+        on_time = flagged.filter(~F.col("is_late")).select(*KEY_COLUMNS)
+        if not on_time.isEmpty():
+            refresh(spark, conf, on_time)
+        progress = events.agg(
+            F.lit(batch_id).cast("bigint").alias("batch_id"),
+            F.max("event_time").alias("max_event_time"),
+            F.current_timestamp().alias("recorded_at"),
+        )
+        merge_insert_new(DeltaTable.forPath(spark, conf.progress), progress, ["batch_id"])
+    finally:
+        events.unpersist()
+
+
+def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[StreamingQuery]:
+    conf = EngagementConf.from_settings(settings)
+    ensure_tables(spark, conf)
+    writer = (
+        read_delta_stream(spark, conf.silver)
+        .writeStream.queryName(QUERY_NAME)
+        .option("checkpointLocation", settings.lakehouse.checkpoint(QUERY_NAME))
+        .foreachBatch(partial(process_batch, conf=conf))
+    )
+    writer = (
+        writer.trigger(availableNow=True)
+        if available_now
+        else writer.trigger(processingTime=settings.streaming.trigger)
+    )
+    return [writer.start()]

@@ -1,0 +1,1 @@
+"""Operational tables and checks (accounting, status, maintenance, quality)."""

@@ -1,0 +1,154 @@
+"""Pure silver transforms: classify raw bronze records, type them, find duplicates."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+
+import pyarrow as pa
+from pyspark.sql import DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
+
+from pipelines.schemas.registry import classify, spark_schema
+from pipelines.silver.tables import event_columns, silver_schema
+
+CLASSIFIED_SCHEMA = T.StructType([
+    T.StructField("topic", T.StringType(), False),
+    T.StructField("partition", T.IntegerType(), False),
+    T.StructField("offset", T.LongType(), False),
+    T.StructField("value", T.StringType(), True),
+    T.StructField("event_type", T.StringType(), True),
+    T.StructField("error_code", T.StringType(), True),
+    T.StructField("error_detail", T.StringType(), True),
+    T.StructField("schema_version", T.IntegerType(), True),
+    T.StructField("event_json", T.StringType(), True),
+])
+
+# Upcast events carry UTC times formatted this way (registry.normalize_timestamp).
+_TIMESTAMP_FORMAT = "yyyy-MM-dd'T'HH:mm:ss.SSSSSSX"
+
+
+def _classifier(topic_event_types: dict[str, str], max_bytes: int):  # noqa: ANN202
+    """The Arrow batch function behind `classify_records`.
+
+    A Python function on purpose: JSON Schema validation with a precise,
+    per-field reason has no Spark built-in. Arrow batches keep the
+    Python round trip to one per few thousand records, not one per record.
+    """
+
+    arrow_schema = to_arrow_schema(CLASSIFIED_SCHEMA)
+
+    def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            cols = batch.to_pydict()
+            out: dict[str, list] = {f.name: [] for f in CLASSIFIED_SCHEMA.fields}
+            for topic, partition, offset, value, utf8 in zip(
+                cols["topic"], cols["partition"], cols["offset"], cols["value"],
+                cols["value_utf8"], strict=True,
+            ):
+                event_type = topic_event_types.get(topic)
+                if event_type is None:
+                    code, detail, version, event_json = (
+                        "schema_violation", f"topic {topic!r} carries no known event type",
+                        None, None,
+                    )
+                elif utf8 is False:
+                    code, detail, version, event_json = (
+                        "invalid_json", "not UTF-8: the record's bytes are not valid UTF-8",
+                        None, None,
+                    )
+                else:
+                    verdict = classify(event_type, value, max_bytes)
+                    code, detail, version = (
+                        verdict.error_code, verdict.error_detail, verdict.schema_version
+                    )
+                    event_json = json.dumps(verdict.event) if verdict.ok else None
+                for name, item in (
+                    ("topic", topic), ("partition", partition), ("offset", offset),
+                    ("value", value), ("event_type", event_type), ("error_code", code),
+                    ("error_detail", detail), ("schema_version", version),
+                    ("event_json", event_json),
+                ):
+                    out[name].append(item)
+            yield pa.RecordBatch.from_pydict(out, schema=arrow_schema)
+
+    return run
+
+
+def classify_records(
+    bronze: DataFrame, topic_event_types: dict[str, str], max_bytes: int
+) -> DataFrame:
+    """Bronze rows -> one verdict per record: an error code and detail, or the event
+    upcast to the latest version as JSON (`event_json`)."""
+    return bronze.select("topic", "partition", "offset", "value", "value_utf8").mapInArrow(
+        _classifier(topic_event_types, max_bytes), CLASSIFIED_SCHEMA
+    )
+
+
+def to_events(classified: DataFrame, event_type: str, keep_value: bool = False) -> DataFrame:
+    """Valid verdicts of one event type -> typed rows of its silver table (plus the
+    raw `value` when `keep_value`, for rows that may still turn out duplicates)."""
+    wire = F.from_json(
+        "event_json", spark_schema(event_type), {"timestampFormat": _TIMESTAMP_FORMAT}
+    )
+    columns = [F.col(f"e.{name}").alias(field.name) for name, field in event_columns(event_type)]
+    return (
+        classified.filter(F.col("error_code").isNull() & (F.col("event_type") == event_type))
+        .select(wire.alias("e"), "schema_version", "topic", "partition", "offset", "value")
+        .select(
+            *columns,
+            F.col("schema_version"),
+            F.col("topic").alias("source_topic"),
+            F.col("partition").alias("source_partition"),
+            F.col("offset").alias("source_offset"),
+            F.current_timestamp().alias("processed_at"),
+            F.col("value"),
+        )
+        .withColumn("event_date", F.to_date("event_time"))
+        .select(*silver_schema(event_type).fieldNames(), *(["value"] if keep_value else []))
+    )
+
+
+def rank_in_batch(events: DataFrame) -> DataFrame:
+    """Adds `first_*` columns: the coordinates of the earliest record (by topic,
+    partition, offset) with the same event_id in this batch; a row is the first
+    occurrence when they are its own."""
+    by_event = Window.partitionBy("event_id").orderBy(
+        "source_topic", "source_partition", "source_offset"
+    )
+    return (
+        events.withColumn("_first", F.first(F.struct(
+            "source_topic", "source_partition", "source_offset")).over(by_event))
+        .withColumn("first_topic", F.col("_first.source_topic"))
+        .withColumn("first_partition", F.col("_first.source_partition"))
+        .withColumn("first_offset", F.col("_first.source_offset"))
+        .drop("_first")
+    )
+
+
+def quarantine_rows(classified: DataFrame) -> DataFrame:
+    """Verdicts with an error -> silver.quarantine rows."""
+    return classified.filter(F.col("error_code").isNotNull()).select(
+        "topic", "partition", "offset", "value", "error_code", "error_detail",
+        F.current_timestamp().alias("quarantined_at"),
+    )
+
+
+def duplicate_rows(dups: DataFrame) -> DataFrame:
+    """Events seen before (columns of `rank_in_batch`, `first_*` pointing at the
+    occurrence kept) -> quarantine rows with code `duplicate`."""
+    detail = F.format_string(
+        "duplicate: event_id %s was already accepted from %s[%d]@%d",
+        F.col("event_id"), F.col("first_topic"), F.col("first_partition"), F.col("first_offset"),
+    )
+    return dups.select(
+        F.col("source_topic").alias("topic"),
+        F.col("source_partition").alias("partition"),
+        F.col("source_offset").alias("offset"),
+        F.col("value"),
+        F.lit("duplicate").alias("error_code"),
+        detail.alias("error_detail"),
+        F.current_timestamp().alias("quarantined_at"),
+    )

@@ -1,0 +1,187 @@
+"""Silver: classification, typing, dedup and quarantine; exact counts end to end."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import signal
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from deltalake import DeltaTable
+from pyspark.testing import assertDataFrameEqual
+
+from pipelines.schemas.registry import v1_event_id
+from pipelines.silver.job import process_batch
+from pipelines.silver.transforms import classify_records, rank_in_batch, to_events
+
+UA, CU = "media.user-actions", "media.content-uploads"
+TOPIC_TYPES = {UA: "user_action", CU: "content_upload"}
+V1 = {"userId": "u1", "action": "play", "timestamp": "2026-11-01T10:00:00+01:00", "mediaId": "m1"}
+V2 = {"schemaVersion": 2, "eventId": "0b7e7f43-4a54-4c1f-9d8e-2f3a4b5c6d7e", "userId": "u2",
+      "action": "seek", "timestamp": "2026-11-01T09:30:00Z", "mediaId": "m2",
+      "positionMs": 1500, "device": "tv"}
+BRONZE_COLS = ["topic", "partition", "offset", "value", "value_utf8"]
+
+
+def _bronze(spark, rows):
+    return spark.createDataFrame(rows, "topic string, partition int, offset long, "
+                                       "value string, value_utf8 boolean")
+
+
+def test_classify_records_routes_each_kind(spark) -> None:
+    rows = [
+        (UA, 0, 1, json.dumps(V1), True),
+        (UA, 0, 2, json.dumps(V2), True),
+        (UA, 0, 3, '{"userId": ', True),
+        (UA, 0, 4, json.dumps({**V2, "action": "rewind"}), True),
+        (UA, 0, 5, json.dumps({**V2, "schemaVersion": 7}), True),
+        (UA, 0, 6, "x" * 300, True),
+        (UA, 0, 7, "\ufffd(", False),
+        ("other.topic", 0, 8, json.dumps(V2), True),
+    ]
+    out = classify_records(_bronze(spark, rows), TOPIC_TYPES, max_bytes=256)
+    assertDataFrameEqual(
+        out.select("offset", "error_code", "schema_version"),
+        [(1, None, 1), (2, None, 2), (3, "invalid_json", None), (4, "schema_violation", 2),
+         (5, "unknown_version", 7), (6, "oversize", None), (7, "invalid_json", None),
+         (8, "schema_violation", None)],
+    )
+    details = dict(out.select("offset", "error_detail").collect())
+    assert details[4] == "action: 'rewind' is not one of ['play', 'pause', 'skip', 'seek', 'complete']"
+    assert details[6] == "record is 300 bytes, the limit is 256"
+    assert details[7].startswith("not UTF-8")
+
+
+def test_to_events_types_and_upcasts(spark) -> None:
+    rows = [(UA, 0, 1, json.dumps(V1), True), (UA, 1, 9, json.dumps(V2), True)]
+    classified = classify_records(_bronze(spark, rows), TOPIC_TYPES, max_bytes=4096)
+    events = to_events(classified, "user_action").drop("processed_at")
+    expected = [
+        (v1_event_id(V1), "u1", "play", dt.datetime(2026, 11, 1, 9, 0), "m1", None, None,
+         "unknown", 1, UA, 0, 1, dt.date(2026, 11, 1)),
+        (V2["eventId"], "u2", "seek", dt.datetime(2026, 11, 1, 9, 30), "m2", None, 1500,
+         "tv", 2, UA, 1, 9, dt.date(2026, 11, 1)),
+    ]
+    assertDataFrameEqual(events, spark.createDataFrame(expected, events.schema))
+
+
+def test_rank_in_batch_points_duplicates_at_first(spark) -> None:
+    rows = [(UA, 1, 5, json.dumps(V2), True), (UA, 0, 9, json.dumps(V2), True),
+            (UA, 0, 3, json.dumps(V1), True)]
+    classified = classify_records(_bronze(spark, rows), TOPIC_TYPES, max_bytes=4096)
+    ranked = rank_in_batch(to_events(classified, "user_action"))
+    assertDataFrameEqual(
+        ranked.select("source_partition", "source_offset", "first_partition", "first_offset"),
+        [(1, 5, 0, 9), (0, 9, 0, 9), (0, 3, 0, 3)],
+    )
+
+
+def _settings_with_topics(lake):
+    return lake.settings
+
+
+def test_process_batch_dedups_across_batches_and_replays(spark, lake) -> None:
+    s = lake.settings
+    ua = s.topic("user_actions").name
+    batch1 = _bronze(spark, [(ua, 0, 1, json.dumps(V1), True), (ua, 0, 2, json.dumps(V1), True),
+                             (ua, 0, 3, "nope", True)])
+    process_batch(batch1, 0, s)
+    process_batch(batch1, 0, s)  # a replay after a crash adds nothing
+    batch2 = _bronze(spark, [(ua, 1, 40, json.dumps(V1), True), (ua, 1, 41, json.dumps(V2), True)])
+    process_batch(batch2, 1, s)
+    silver = spark.read.format("delta").load(s.lakehouse.table_path("silver", "user_actions"))
+    assertDataFrameEqual(
+        silver.select("event_id", "source_partition", "source_offset"),
+        [(v1_event_id(V1), 0, 1), (V2["eventId"], 1, 41)],
+    )
+    quarantine = spark.read.format("delta").load(s.lakehouse.table_path("silver", "quarantine"))
+    assertDataFrameEqual(
+        quarantine.select("partition", "offset", "error_code", "error_detail"),
+        [(0, 2, "duplicate", f"duplicate: event_id {v1_event_id(V1)} was already accepted "
+                             f"from {ua}[0]@1"),
+         (0, 3, "invalid_json", "not JSON: Expecting value: line 1 column 1 (char 0)"),
+         (1, 40, "duplicate", f"duplicate: event_id {v1_event_id(V1)} was already accepted "
+                              f"from {ua}[0]@1")],
+    )
+
+
+def test_process_batch_catches_reused_id_in_another_partition(spark, lake) -> None:
+    """A producer reusing an event id with another date: MERGE refuses the row and the
+    fallback lookup sends it to quarantine instead of losing it."""
+    s = lake.settings
+    ua = s.topic("user_actions").name
+    moved = {**V2, "timestamp": "2026-11-05T09:30:00Z"}
+    process_batch(_bronze(spark, [(ua, 0, 1, json.dumps(V2), True)]), 0, s)
+    process_batch(_bronze(spark, [(ua, 0, 2, json.dumps(moved), True)]), 1, s)
+    quarantine = spark.read.format("delta").load(s.lakehouse.table_path("silver", "quarantine"))
+    assertDataFrameEqual(quarantine.select("offset", "error_code"), [(2, "duplicate")])
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def _table(lake, layer: str, name: str) -> list[dict]:
+    return DeltaTable(lake.settings.lakehouse.table_path(layer, name)).to_pyarrow_table().to_pylist()
+
+
+def _assert_matches_manifest(lake, manifest: dict) -> None:
+    expected = manifest["expected"]
+    for table, n in expected["silver"].items():
+        rows = _table(lake, "silver", table)
+        assert len(rows) == n, table
+        assert len({r["event_id"] for r in rows}) == n, f"duplicate event_id in {table}"
+    codes = Counter(r["error_code"] for r in _table(lake, "silver", "quarantine"))
+    assert codes == {k: v for k, v in expected["quarantine"].items() if v}
+    bronze = _table(lake, "bronze", "events")
+    assert len(bronze) == manifest["total"]
+
+
+@pytest.mark.slow
+def test_silver_matches_simulator_manifest(spark, kafka_lake) -> None:
+    from pipelines.ops.accounting import accounting
+    from pipelines.runner import run_layers
+    from pipelines.simulate.producer import simulate
+
+    manifest = simulate(kafka_lake.settings, 50_000, seed=7, progress=False)
+    assert all(manifest["expected"]["quarantine"].values()), "every bad kind must be present"
+    assert manifest["late"] > 0
+    run_layers(spark, kafka_lake.settings, ["bronze", "silver"], available_now=True)
+    _assert_matches_manifest(kafka_lake, manifest)
+    report = accounting(spark, kafka_lake.settings)
+    assert all(r["balanced"] for r in report), report
+    assert sum(r["bronze"] for r in report) == 50_000
+
+
+def _delta_versions(path: str) -> int:
+    log = Path(path) / "_delta_log"
+    return len(list(log.glob("*.json"))) if log.exists() else 0
+
+
+@pytest.mark.slow
+def test_silver_survives_sigkill_mid_batch(spark, kafka_lake) -> None:
+    from pipelines.runner import run_layers
+    from pipelines.simulate.producer import simulate
+
+    manifest = simulate(kafka_lake.settings, 12_000, seed=3, progress=False)
+    small = {"LAKEHOUSE_STREAMING__MAX_OFFSETS_PER_TRIGGER": "1500"}
+    lake = type(kafka_lake)(kafka_lake.settings, {**kafka_lake.env, **small})
+    run_layers(spark, lake.settings, ["bronze"], available_now=True)
+    quarantine = lake.settings.lakehouse.table_path("silver", "quarantine")
+    proc = lake.popen("stream", "--layers", "silver", "--available-now")
+    try:
+        deadline = time.monotonic() + 300
+        # Kill once a silver batch has committed part of its writes.
+        while _delta_versions(quarantine) < 2 and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.stdout.read()
+            time.sleep(0.1)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = lake.cli("stream", "--layers", "silver", "--available-now", check=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    _assert_matches_manifest(lake, manifest)
