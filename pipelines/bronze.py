@@ -20,7 +20,9 @@ def to_bronze(records: DataFrame) -> DataFrame:
     `value_utf8` is false when the bytes were not valid UTF-8: `value` then holds
     them decoded with replacement characters, and silver must not trust it.
     """
-    value = F.col("value").cast("string")
+    # Spark's binary -> string cast does not check the bytes; a string column
+    # holding invalid UTF-8 breaks every Python reader downstream.
+    as_text = F.col("value").cast("string")
     return (
         records.withColumn("ingested_at", F.current_timestamp())
         .select(
@@ -29,8 +31,8 @@ def to_bronze(records: DataFrame) -> DataFrame:
             F.col("offset"),
             F.col("timestamp").alias("kafka_timestamp"),
             F.col("key").cast("string").alias("key"),
-            value.alias("value"),
-            (F.encode(value, "UTF-8") == F.col("value")).alias("value_utf8"),
+            F.make_valid_utf8(as_text).alias("value"),
+            F.is_valid_utf8(as_text).alias("value_utf8"),
             F.col("ingested_at"),
             F.to_date("ingested_at").alias("ingest_date"),
         )

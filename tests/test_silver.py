@@ -50,7 +50,9 @@ def test_classify_records_routes_each_kind(spark) -> None:
          (8, "schema_violation", None)],
     )
     details = dict(out.select("offset", "error_detail").collect())
-    assert details[4] == "action: 'rewind' is not one of ['play', 'pause', 'skip', 'seek', 'complete']"
+    assert details[4] == (
+        "action: 'rewind' is not one of ['play', 'pause', 'skip', 'seek', 'complete']"
+    )
     assert details[6] == "record is 300 bytes, the limit is 256"
     assert details[7].startswith("not UTF-8")
 
@@ -77,10 +79,6 @@ def test_rank_in_batch_points_duplicates_at_first(spark) -> None:
         ranked.select("source_partition", "source_offset", "first_partition", "first_offset"),
         [(1, 5, 0, 9), (0, 9, 0, 9), (0, 3, 0, 3)],
     )
-
-
-def _settings_with_topics(lake):
-    return lake.settings
 
 
 def test_process_batch_dedups_across_batches_and_replays(spark, lake) -> None:
@@ -124,7 +122,8 @@ def test_process_batch_catches_reused_id_in_another_partition(spark, lake) -> No
 
 
 def _table(lake, layer: str, name: str) -> list[dict]:
-    return DeltaTable(lake.settings.lakehouse.table_path(layer, name)).to_pyarrow_table().to_pylist()
+    path = lake.settings.lakehouse.table_path(layer, name)
+    return DeltaTable(path).to_pyarrow_table().to_pylist()
 
 
 def _assert_matches_manifest(lake, manifest: dict) -> None:

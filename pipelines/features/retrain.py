@@ -45,6 +45,11 @@ from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 
+# Scores asked per user beyond k, to survive the exclusion of completed items. Capped:
+# a binge-watcher with 800 completions would make every user's candidate list 800
+# long; past the cap such a user's list is topped up from popularity instead.
+MAX_EXTRA_CANDIDATES = 100  # TODO(conf): features.max_extra_candidates
+
 LAYER = "features"
 RECOMMENDATIONS, POPULARITY, RUNS = "user_recommendations", "item_popularity", "training_runs"
 SESSIONS_INPUT, ACTIONS_INPUT = "gold.playback_sessions", "silver.user_actions"
@@ -148,7 +153,7 @@ class Timings(dict):
 def _candidates(exclude: DataFrame, k: int, items: int) -> int:
     """How many scores to ask per user so k survive the exclusion of completed items."""
     row = exclude.groupBy("user_id").count().agg(F.max("count")).head()
-    most_completed = int(row[0] or 0)
+    most_completed = min(int(row[0] or 0), MAX_EXTRA_CANDIDATES)
     return max(1, min(k + most_completed, items))
 
 

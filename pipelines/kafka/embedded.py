@@ -143,7 +143,8 @@ def _format_storage(java: str, classpath: str, paths: BrokerPaths) -> None:
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     result = subprocess.run(
         [java, "-cp", classpath, "kafka.tools.StorageTool", "format",
-         "-t", cluster_id, "-c", str(paths.properties)],
+         # `=` form: an id may start with '-', which would parse as an option.
+         f"--cluster-id={cluster_id}", "-c", str(paths.properties)],
         capture_output=True, text=True,
     )
     if result.returncode != 0:
