@@ -130,6 +130,49 @@ def simulate(
     )
 
 
+@app.command()
+@command
+def retrain(conf: Path | None = ConfOption) -> None:
+    """Batch-retrain the recommendation features (ALS + popularity) with offline metrics."""
+    from pipelines.features.retrain import run
+
+    result = run(_spark(_settings(conf)))
+    _print_retrain(result)
+
+
+def _print_retrain(result: dict[str, Any]) -> None:
+    model, base = result["model"], result["baseline"]
+    print(
+        f"model {result['model_version'][:12]} params {result['params']} "
+        f"in {result['total_s']}s; NDCG@10 {model['ndcg_at_10']:.4f} "
+        f"(popularity baseline {base['ndcg_at_10']:.4f}), "
+        f"precision@10 {model['precision_at_10']:.4f}, recall@10 {model['recall_at_10']:.4f}"
+    )
+
+
+@app.command()
+@command
+def reconcile(
+    conf: Path | None = ConfOption,
+    full: bool = typer.Option(False, "--full", help="rebuild every gold table from silver"),
+) -> None:
+    """Recompute the gold windows, sessions and days touched by late events."""
+    from pipelines.gold import reconcile as gold_reconcile
+
+    settings = _settings(conf)
+    spark = _spark(settings)
+    if full:
+        counts = gold_reconcile.recompute_all(spark, settings)
+        print("rebuilt " + ", ".join(f"{t}: {n} rows" for t, n in counts.items()))
+    else:
+        counts = gold_reconcile.reconcile(spark, settings)
+        print(
+            f"reconciled {counts['late_events']} late events: {counts['windows']} windows, "
+            f"{counts['sessions']} sessions, {counts['user_days']} user-days, "
+            f"{counts['days']} days recomputed"
+        )
+
+
 @schemas_app.command("check")
 @command
 def schemas_check(

@@ -89,12 +89,9 @@ class SparkSettings(_Strict):
 class StreamingSettings(_Strict):
     trigger: str
     max_offsets_per_trigger: int | None = Field(default=None, ge=1)
+    max_files_per_trigger: int | None = Field(default=None, ge=1)
     starting_offsets: str
     max_record_bytes: int = Field(ge=64)
-
-
-class SilverSettings(_Strict):
-    dedup_horizon: str
 
 
 class GoldSettings(_Strict):
@@ -164,7 +161,6 @@ class Settings(_Strict):
     kafka: KafkaSettings
     spark: SparkSettings
     streaming: StreamingSettings
-    silver: SilverSettings
     gold: GoldSettings
     notifications: NotificationSettings
     features: FeatureSettings

@@ -138,22 +138,6 @@ def _assert_matches_manifest(lake, manifest: dict) -> None:
     assert len(bronze) == manifest["total"]
 
 
-@pytest.mark.slow
-def test_silver_matches_simulator_manifest(spark, kafka_lake) -> None:
-    from pipelines.ops.accounting import accounting
-    from pipelines.runner import run_layers
-    from pipelines.simulate.producer import simulate
-
-    manifest = simulate(kafka_lake.settings, 50_000, seed=7, progress=False)
-    assert all(manifest["expected"]["quarantine"].values()), "every bad kind must be present"
-    assert manifest["late"] > 0
-    run_layers(spark, kafka_lake.settings, ["bronze", "silver"], available_now=True)
-    _assert_matches_manifest(kafka_lake, manifest)
-    report = accounting(spark, kafka_lake.settings)
-    assert all(r["balanced"] for r in report), report
-    assert sum(r["bronze"] for r in report) == 50_000
-
-
 def _delta_versions(path: str) -> int:
     log = Path(path) / "_delta_log"
     return len(list(log.glob("*.json"))) if log.exists() else 0

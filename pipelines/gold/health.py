@@ -300,7 +300,9 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
     )
     sink.ensure_tables(spark)
     writer = (
-        read_delta_stream(spark, sink.source_path)
+        read_delta_stream(
+            spark, sink.source_path, settings.streaming.max_files_per_trigger
+        )
         .writeStream.foreachBatch(sink)
         .option("checkpointLocation", settings.lakehouse.checkpoint(QUERY_NAME))
         .queryName(QUERY_NAME)

@@ -23,8 +23,14 @@ def ensure_table(
     return DeltaTable.forPath(spark, path)
 
 
-def read_delta_stream(spark: SparkSession, path: str) -> DataFrame:
-    return spark.readStream.format("delta").load(path)
+def read_delta_stream(
+    spark: SparkSession, path: str, max_files_per_trigger: int | None = None
+) -> DataFrame:
+    """A Delta table as a stream source; `max_files_per_trigger` bounds a micro-batch."""
+    reader = spark.readStream.format("delta")
+    if max_files_per_trigger:
+        reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
+    return reader.load(path)
 
 
 def delta_append_stream(

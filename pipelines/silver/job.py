@@ -140,7 +140,11 @@ def process_batch(batch: DataFrame, batch_id: int, settings: Settings) -> None:
 
 
 def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[StreamingQuery]:
-    bronze = read_delta_stream(spark, settings.lakehouse.table_path("bronze", "events"))
+    bronze = read_delta_stream(
+        spark,
+        settings.lakehouse.table_path("bronze", "events"),
+        settings.streaming.max_files_per_trigger,
+    )
     writer = (
         bronze.writeStream.queryName(QUERY_NAME)
         .foreachBatch(lambda df, batch_id: process_batch(df, batch_id, settings))

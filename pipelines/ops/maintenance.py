@@ -1,0 +1,343 @@
+"""`lakehouse maintain`: compaction (OPTIMIZE, Z-order for large tables) and VACUUM of
+every existing lakehouse table, logged to ops.maintenance_log.
+
+Beside running streams:
+- OPTIMIZE commits its rewritten files with dataChange=false, so a Delta streaming
+  source reading the table skips that commit: no row is delivered twice.
+- OPTIMIZE does not conflict with blind appends (the Delta sink of bronze). It does
+  conflict with a transaction that READ the files it removes (an insert-only MERGE of
+  the silver/gold foreachBatch sinks reads the whole target). Whichever commits second
+  loses: when it is OPTIMIZE it is retried here with backoff, then reported `failed` for
+  that table; the run goes on with the next table.
+- VACUUM only deletes files older than the retention that no current version
+  references; a retention below Delta's 168 h safety check can delete files of a
+  concurrent writer's uncommitted transaction, so it is taken only when the conf
+  says so, and the log says that it was.
+
+ops.maintenance_log, one row per (run_id, table, operation), insert-only:
+run_id, table (layer.table), operation (optimize | zorder | vacuum), started_at,
+seconds, attempts, files_added, files_removed, bytes_before, bytes_after,
+status (ok | failed), error (null when ok), note. For optimize/zorder the bytes are the
+table's live data (DESCRIBE DETAIL sizeInBytes); for vacuum they are everything stored
+under the table path (live files, removed-but-retained files, the log), which is what
+VACUUM shrinks.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import delta.exceptions.captured  # noqa: F401 - maps Delta's JVM conflict errors to Python classes
+from delta.exceptions import (
+    ConcurrentAppendException,
+    ConcurrentDeleteDeleteException,
+    ConcurrentDeleteReadException,
+    ConcurrentTransactionException,
+    ConcurrentWriteException,
+    DeltaConcurrentModificationException,
+    MetadataChangedException,
+    ProtocolChangedException,
+)
+from delta.tables import DeltaTable
+from pyspark.sql import SparkSession
+from pyspark.sql import types as T
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from pipelines.io.delta import ensure_table, merge_insert_new
+from pipelines.ops.catalog import CatalogTable, existing_tables
+from pipelines.settings import Settings
+
+LAYER, TABLE = "ops", "maintenance_log"
+OPTIMIZE, ZORDER, VACUUM = "optimize", "zorder", "vacuum"
+OK, FAILED = "ok", "failed"
+
+# Delta's default delta.deletedFileRetentionDuration; VACUUM refuses less unless told.
+DELTA_SAFE_RETENTION_HOURS = 168
+# Z-ordering rewrites every file of the table (of each partition), not only the small
+# ones: worth it only once data skipping pays for that.
+ZORDER_MIN_BYTES = 1 << 30  # TODO(conf): maintenance.zorder_min_mb (1024)
+CONFLICT_RETRIES = 3  # TODO(conf): maintenance.conflict_retries
+RETRY_BACKOFF_S = 2.0  # TODO(conf): maintenance.retry_backoff_s; doubled per attempt
+
+_RETENTION_CHECK = "spark.databricks.delta.retentionDurationCheck.enabled"
+_MAX_FILE_SIZE = "spark.databricks.delta.optimize.maxFileSize"
+# VACUUM lists the table with this many tasks (Spark default 10000): about a minute of
+# empty tasks per table on a 2-core machine. Capped at a few tasks per core.
+_LISTING_PARALLELISM = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
+
+CONFLICTS: tuple[type[BaseException], ...] = (
+    DeltaConcurrentModificationException,
+    ConcurrentWriteException,
+    MetadataChangedException,
+    ProtocolChangedException,
+    ConcurrentAppendException,
+    ConcurrentDeleteReadException,
+    ConcurrentDeleteDeleteException,
+    ConcurrentTransactionException,
+)
+
+SCHEMA = T.StructType([
+    T.StructField("run_id", T.StringType(), False),
+    T.StructField("table", T.StringType(), False),
+    T.StructField("operation", T.StringType(), False),
+    T.StructField("started_at", T.TimestampType(), False),
+    T.StructField("seconds", T.DoubleType(), False),
+    T.StructField("attempts", T.IntegerType(), False),
+    T.StructField("files_added", T.LongType(), True),
+    T.StructField("files_removed", T.LongType(), True),
+    T.StructField("bytes_before", T.LongType(), True),
+    T.StructField("bytes_after", T.LongType(), True),
+    T.StructField("status", T.StringType(), False),
+    T.StructField("error", T.StringType(), True),
+    T.StructField("note", T.StringType(), True),
+])
+
+R = TypeVar("R")
+
+
+class ConflictRetriesExhausted(RuntimeError):
+    """A Delta commit conflict persisted through every retry."""
+
+
+def is_conflict(exc: BaseException) -> bool:
+    # An error that reached Python without Delta's conversion still names its JVM class.
+    return isinstance(exc, CONFLICTS) or "io.delta.exceptions.Concurrent" in str(exc)
+
+
+def with_conflict_retries(
+    action: Callable[[], R],
+    retries: int = CONFLICT_RETRIES,
+    backoff_s: float = RETRY_BACKOFF_S,
+    sleep: Callable[[float], None] = time.sleep,
+) -> tuple[R, int]:
+    """Run `action`, again after a Delta commit conflict (up to `retries` more times,
+    waiting `backoff_s`, then twice that, ...); return (its result, attempts made).
+    Other errors propagate at once."""
+    for attempt in range(1, retries + 2):
+        try:
+            return action(), attempt
+        except Exception as exc:
+            if not is_conflict(exc):
+                raise
+            if attempt > retries:
+                raise ConflictRetriesExhausted(
+                    f"commit conflict after {attempt} attempts: {_one_line(exc)}"
+                ) from exc
+            sleep(backoff_s * 2 ** (attempt - 1))
+    raise AssertionError("unreachable")
+
+
+@contextmanager
+def session_conf(spark: SparkSession, values: dict[str, str]) -> Iterator[None]:
+    """Set SQL confs for the duration of a block, then restore what was there.
+    (Session-wide: a stream of the same session sees them meanwhile; the ones set here
+    only affect OPTIMIZE, VACUUM and file listing.)"""
+    previous = {key: spark.conf.get(key, None) for key in values}
+    for key, value in values.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
+def _one_line(exc: BaseException, limit: int = 1000) -> str:
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text[:limit]
+
+
+def _detail(spark: SparkSession, path: str) -> dict[str, Any]:
+    return DeltaTable.forPath(spark, path).detail().first().asDict()
+
+
+def storage_bytes(spark: SparkSession, path: str) -> int:
+    """Bytes stored under `path` on any Hadoop filesystem (local, s3a, abfs, ...)."""
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return int(fs.getContentSummary(hpath).getLength())
+
+
+def zorder_columns(
+    table: CatalogTable,
+    columns: list[str],
+    partition_columns: list[str],
+    size_bytes: int,
+    min_bytes: int,
+) -> list[str]:
+    """The catalog's Z-order hint, when the table is large enough, keeping only columns
+    the table has that are not partition columns (Delta refuses those)."""
+    if size_bytes < min_bytes:
+        return []
+    return [c for c in table.zorder_by if c in columns and c not in partition_columns]
+
+
+def optimize_table(
+    spark: SparkSession, table: CatalogTable, path: str, zorder_min_bytes: int
+) -> dict[str, Any]:
+    """Compact one table (Z-ordered when large); returns the maintenance_log fields."""
+    dt = DeltaTable.forPath(spark, path)
+    before = _detail(spark, path)
+    columns = zorder_columns(
+        table,
+        dt.toDF().columns,
+        list(before["partitionColumns"]),
+        int(before["sizeInBytes"]),
+        zorder_min_bytes,
+    )
+    builder = dt.optimize()
+    result = builder.executeZOrderBy(*columns) if columns else builder.executeCompaction()
+    metrics = result.first()["metrics"]
+    after = _detail(spark, path)
+    return {
+        "operation": ZORDER if columns else OPTIMIZE,
+        "files_added": int(metrics["numFilesAdded"]),
+        "files_removed": int(metrics["numFilesRemoved"]),
+        "bytes_before": int(before["sizeInBytes"]),
+        "bytes_after": int(after["sizeInBytes"]),
+        "note": f"zorder by {', '.join(columns)}" if columns else None,
+    }
+
+
+def _vacuumed_files(dt: DeltaTable, since_version: int) -> int | None:
+    """numDeletedFiles of the VACUUM END commit after `since_version` (Delta logs VACUUM
+    as commits); None when the store does not log vacuums."""
+    latest = int(dt.history(1).first()["version"])
+    if latest <= since_version:
+        return None
+    for row in dt.history(latest - since_version).collect():
+        if row["operation"] == "VACUUM END" and row["operationMetrics"]:
+            return int(row["operationMetrics"].get("numDeletedFiles", 0))
+    return None
+
+
+def vacuum_table(spark: SparkSession, path: str, retention_hours: int) -> dict[str, Any]:
+    """VACUUM one table with `retention_hours`; returns the maintenance_log fields."""
+    confs = {_LISTING_PARALLELISM: str(max(2, 4 * spark.sparkContext.defaultParallelism))}
+    note = None
+    if retention_hours < DELTA_SAFE_RETENTION_HOURS:
+        confs[_RETENTION_CHECK] = "false"
+        note = (
+            f"retention {retention_hours}h is below Delta's {DELTA_SAFE_RETENTION_HOURS}h "
+            "safety check: check disabled for this call (maintenance.vacuum_retention_hours)"
+        )
+    dt = DeltaTable.forPath(spark, path)
+    version = int(dt.history(1).first()["version"])
+    bytes_before = storage_bytes(spark, path)
+    with session_conf(spark, confs):
+        dt.vacuum(float(retention_hours))
+    return {
+        "operation": VACUUM,
+        "files_added": 0,
+        "files_removed": _vacuumed_files(dt, version),
+        "bytes_before": bytes_before,
+        "bytes_after": storage_bytes(spark, path),
+        "note": note,
+    }
+
+
+def _run_action(
+    name: str,
+    operation: str,
+    action: Callable[[], dict[str, Any]],
+    retries: int,
+    backoff_s: float,
+) -> dict[str, Any]:
+    """One logged action: never raises, a failure becomes a `failed` row."""
+    started_at = datetime.now(UTC)
+    clock = time.monotonic()
+    attempts = 1
+    try:
+        fields, attempts = with_conflict_retries(action, retries, backoff_s)
+        row = {**fields, "status": OK, "error": None}
+    except ConflictRetriesExhausted as exc:
+        attempts = retries + 1
+        row = {"operation": operation, "status": FAILED, "error": _one_line(exc)}
+    except Exception as exc:  # one broken table must not stop the run
+        row = {"operation": operation, "status": FAILED, "error": _one_line(exc)}
+    empty = dict.fromkeys(SCHEMA.fieldNames())
+    return {
+        **empty,
+        **row,
+        "table": name,
+        "started_at": started_at,
+        "seconds": round(time.monotonic() - clock, 3),
+        "attempts": attempts,
+    }
+
+
+def _write_log(spark: SparkSession, settings: Settings, rows: list[dict[str, Any]]) -> None:
+    target = ensure_table(
+        spark, settings.lakehouse.table_path(LAYER, TABLE), spark.createDataFrame([], SCHEMA)
+    )
+    updates = spark.createDataFrame([tuple(r[c] for c in SCHEMA.fieldNames()) for r in rows],
+                                    SCHEMA)
+    # Keyed on (run, table, operation): a retried log write adds nothing twice.
+    with_conflict_retries(
+        lambda: merge_insert_new(target, updates, ["run_id", "table", "operation"])
+    )
+
+
+def maintain(
+    spark: SparkSession,
+    settings: Settings,
+    vacuum: bool,
+    progress: bool = True,
+    zorder_min_bytes: int = ZORDER_MIN_BYTES,
+    retries: int = CONFLICT_RETRIES,
+    backoff_s: float = RETRY_BACKOFF_S,
+) -> list[dict[str, Any]]:
+    """OPTIMIZE (then, with `vacuum`, VACUUM) every existing catalog table; log each
+    action to ops.maintenance_log (written after each table) and return the rows
+    (`started_at` a UTC-aware datetime, so Spark stores the right instant whatever the
+    machine's time zone).
+    A failing table is a `failed` row, never an exception.
+    """
+    run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    tables = list(existing_tables(spark, settings))
+    retention = settings.maintenance.vacuum_retention_hours
+    max_file = {_MAX_FILE_SIZE: str(settings.maintenance.target_file_mb * 1024 * 1024)}
+    rows: list[dict[str, Any]] = []
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+               MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+        task = bar.add_task("maintain", total=len(tables) * (2 if vacuum else 1))
+        for table in tables:
+            path = table.path(settings)
+            bar.update(task, description=f"optimize {table.name}")
+            with session_conf(spark, max_file):
+                done = [_run_action(
+                    table.name, OPTIMIZE,
+                    lambda t=table, p=path: optimize_table(spark, t, p, zorder_min_bytes),
+                    retries, backoff_s,
+                )]
+            bar.advance(task)
+            if vacuum:
+                bar.update(task, description=f"vacuum {table.name}")
+                done.append(_run_action(
+                    table.name, VACUUM, lambda p=path: vacuum_table(spark, p, retention),
+                    retries, backoff_s,
+                ))
+                bar.advance(task)
+            for row in done:
+                row["run_id"] = run_id
+            _write_log(spark, settings, done)
+            rows.extend(done)
+    return rows

@@ -1,0 +1,308 @@
+"""`lakehouse status`: every table (version, rows, size, last commit), the bronze ->
+silver accounting, quarantine by error code, and the lag of every streaming query.
+
+Stream lag is read from the query's checkpoint, so it works whether the query runs
+or not, from any process:
+- Kafka source (bronze): end offsets of the source topics minus the offsets of the
+  latest *committed* batch (`offsets/<n>` is written when batch n is planned, `commits/<n>`
+  when it is done; an uncommitted batch is still lag). A broker that does not answer
+  within `KAFKA_TIMEOUT_S` gives lag None with the reason, never an error.
+- Delta source (silver, gold): the table's current version minus the
+  `reservoirVersion` of the committed offset; `lag_records` counts the rows added by
+  the unprocessed commits (OPTIMIZE and VACUUM commits add none).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import UTC, datetime
+from typing import Any
+
+from delta.tables import DeltaTable
+from kafka import KafkaConsumer, TopicPartition
+from pyspark.sql import SparkSession
+from rich.console import Group
+from rich.table import Table
+
+from pipelines.ops.accounting import accounting
+from pipelines.ops.catalog import BY_NAME, STREAMS, CatalogTable, StreamSource, existing_tables
+from pipelines.settings import Settings
+
+KAFKA_TIMEOUT_S = 5.0  # TODO(conf): kafka.admin_timeout_s
+QUARANTINE = BY_NAME["silver.quarantine"]
+
+
+# --- tables ---------------------------------------------------------------------------
+
+
+def table_status(spark: SparkSession, table: CatalogTable, path: str) -> dict[str, Any]:
+    """Version, rows, files, bytes and last commit of one Delta table."""
+    dt = DeltaTable.forPath(spark, path)
+    last = dt.history(1).first()
+    version = int(last["version"])
+    detail = dt.detail().first()
+    # Pinned to `version` so rows and version agree under a concurrent writer; Delta
+    # answers count() from the log's per-file numRecords, without reading data.
+    rows = spark.read.format("delta").option("versionAsOf", version).load(path).count()
+    return {
+        "layer": table.layer,
+        "table": table.table,
+        "version": version,
+        "rows": int(rows),
+        "files": int(detail["numFiles"]),
+        "bytes": int(detail["sizeInBytes"]),
+        "last_commit": last["timestamp"],
+        "last_operation": last["operation"],
+    }
+
+
+def quarantine_by_code(spark: SparkSession, settings: Settings) -> dict[str, int]:
+    path = QUARANTINE.path(settings)
+    if not DeltaTable.isDeltaTable(spark, path):
+        return {}
+    counts = spark.read.format("delta").load(path).groupBy("error_code").count().collect()
+    return {r["error_code"]: int(r["count"]) for r in sorted(counts)}
+
+
+# --- checkpoints ----------------------------------------------------------------------
+
+
+def _fs(spark: SparkSession, path: str) -> tuple[Any, Any]:
+    jvm = spark.sparkContext._jvm
+    hpath = jvm.org.apache.hadoop.fs.Path(path)
+    return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
+
+
+def _batch_ids(spark: SparkSession, directory: str) -> set[int]:
+    fs, hpath = _fs(spark, directory)
+    if not fs.exists(hpath):
+        return set()
+    names = (s.getPath().getName() for s in fs.listStatus(hpath))
+    return {int(n) for n in names if n.isdigit()}
+
+
+def _read_text(spark: SparkSession, path: str) -> str:
+    fs, hpath = _fs(spark, path)
+    stream = fs.open(hpath)
+    try:
+        return spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
+    finally:
+        stream.close()
+
+
+def parse_offsets(text: str) -> list[dict[str, Any]]:
+    """The per-source offsets of a checkpoint `offsets/<n>` file: line 1 is the format
+    version, line 2 the batch metadata, then one JSON line per source ("-" when a source
+    has no offset yet)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return [json.loads(line) if line.strip() != "-" else {} for line in lines[2:]]
+
+
+def committed_offsets(spark: SparkSession, checkpoint: str) -> tuple[int, dict[str, Any]] | None:
+    """(batch id, offsets of its single source) of the latest committed batch of a
+    checkpoint, or None when no batch has committed."""
+    done = _batch_ids(spark, f"{checkpoint}/commits") & _batch_ids(spark, f"{checkpoint}/offsets")
+    if not done:
+        return None
+    batch = max(done)
+    sources = parse_offsets(_read_text(spark, f"{checkpoint}/offsets/{batch}"))
+    return batch, (sources[0] if sources else {})
+
+
+# --- Kafka lag ------------------------------------------------------------------------
+
+
+def kafka_offsets(
+    bootstrap: str, topics: list[str], timeout_s: float = KAFKA_TIMEOUT_S
+) -> tuple[dict[str, dict[int, tuple[int, int]]] | None, str | None]:
+    """({topic: {partition: (beginning, end)}}, None), or (None, reason) when the broker
+    fails or does not answer within `timeout_s`."""
+    result: dict[str, Any] = {}
+
+    def fetch() -> None:
+        try:
+            consumer = KafkaConsumer(
+                bootstrap_servers=bootstrap,
+                client_id="lakehouse-status",
+                enable_auto_commit=False,
+                request_timeout_ms=int(timeout_s * 1000),
+                api_version_auto_timeout_ms=int(timeout_s * 1000),
+            )
+            try:
+                parts = [
+                    TopicPartition(t, p)
+                    for t in topics
+                    for p in sorted(consumer.partitions_for_topic(t) or ())
+                ]
+                begin = consumer.beginning_offsets(parts)
+                end = consumer.end_offsets(parts)
+            finally:
+                consumer.close()
+            offsets: dict[str, dict[int, tuple[int, int]]] = {t: {} for t in topics}
+            for tp in parts:
+                offsets[tp.topic][tp.partition] = (int(begin[tp]), int(end[tp]))
+            result["offsets"] = offsets
+        except Exception as exc:  # reported, never raised: status must always answer
+            result["error"] = f"Kafka at {bootstrap}: {type(exc).__name__}: {exc}"
+
+    # A daemon thread bounds the wait even where the client itself would block.
+    worker = threading.Thread(target=fetch, name="lakehouse-status-kafka", daemon=True)
+    worker.start()
+    worker.join(timeout_s + 1)
+    if worker.is_alive():
+        return None, f"Kafka at {bootstrap} did not answer within {timeout_s:g}s"
+    if "error" in result:
+        return None, result["error"]
+    return result["offsets"], None
+
+
+def kafka_lag(
+    offsets: dict[str, dict[int, tuple[int, int]]], committed: dict[str, Any] | None
+) -> int:
+    """Records in Kafka past the committed checkpoint offsets. A partition the checkpoint
+    does not know yet (or no checkpoint) counts from its beginning (startingOffsets
+    earliest)."""
+    committed = committed or {}
+    lag = 0
+    for topic, partitions in offsets.items():
+        done = committed.get(topic, {})
+        for partition, (begin, end) in partitions.items():
+            position = int(done.get(str(partition), begin))
+            lag += max(0, end - max(position, begin))
+    return lag
+
+
+# --- Delta lag ------------------------------------------------------------------------
+
+
+def _rows_added(metrics: dict[str, str] | None) -> int:
+    metrics = metrics or {}
+    # A MERGE's numOutputRows also counts the rows it copied; its inserts are the new data.
+    if "numTargetRowsInserted" in metrics:
+        return int(metrics["numTargetRowsInserted"])
+    return int(metrics.get("numOutputRows", 0))
+
+
+def processed_version(offset: dict[str, Any] | None) -> int:
+    """The last source version a Delta source offset has fully processed (-1: none).
+    index -1 means 'before the first file of reservoirVersion'."""
+    if not offset:
+        return -1
+    version = int(offset["reservoirVersion"])
+    return version - 1 if int(offset.get("index", -1)) == -1 else version
+
+
+def delta_lag(spark: SparkSession, path: str, processed: int) -> tuple[int, int, int]:
+    """(current version, versions behind, rows added by those versions)."""
+    dt = DeltaTable.forPath(spark, path)
+    current = int(dt.history(1).first()["version"])
+    behind = max(0, current - processed)
+    if behind == 0:
+        return current, 0, 0
+    rows = sum(
+        _rows_added(r["operationMetrics"])
+        for r in dt.history(behind).collect()
+        if int(r["version"]) > processed
+    )
+    return current, behind, rows
+
+
+# --- the report -----------------------------------------------------------------------
+
+
+def stream_status(
+    spark: SparkSession,
+    settings: Settings,
+    stream: StreamSource,
+    kafka: tuple[dict[str, dict[int, tuple[int, int]]] | None, str | None] | None = None,
+) -> dict[str, Any]:
+    checkpoint = settings.lakehouse.checkpoint(stream.query)
+    committed = committed_offsets(spark, checkpoint)
+    row: dict[str, Any] = {
+        "query": stream.query,
+        "source": stream.source,
+        "target": stream.target,
+        "last_batch": committed[0] if committed else None,
+        "processed": None,
+        "latest": None,
+        "lag_records": None,
+        "lag_versions": None,
+        "reason": None if committed else "no committed batch yet",
+    }
+    offset = committed[1] if committed else None
+    if stream.is_kafka:
+        offsets, reason = kafka or kafka_offsets(
+            settings.kafka.bootstrap, settings.kafka.source_topics
+        )
+        row["processed"] = offset
+        if offsets is None:
+            row["reason"] = reason
+        else:
+            row["latest"] = {t: {p: e for p, (_, e) in ps.items()} for t, ps in offsets.items()}
+            row["lag_records"] = kafka_lag(offsets, offset)
+        return row
+    path = BY_NAME[stream.source].path(settings)
+    if not DeltaTable.isDeltaTable(spark, path):
+        row["reason"] = f"source table {stream.source} does not exist yet"
+        return row
+    processed = processed_version(offset)
+    current, behind, rows = delta_lag(spark, path, processed)
+    row.update(processed=processed, latest=current, lag_versions=behind, lag_records=rows)
+    return row
+
+
+def status(spark: SparkSession, settings: Settings) -> dict[str, Any]:
+    """Everything `lakehouse status` shows, as plain data (also the input of the
+    Prometheus metrics)."""
+    tables = [table_status(spark, t, t.path(settings)) for t in existing_tables(spark, settings)]
+    return {
+        "generated_at": datetime.now(UTC),
+        "root": settings.lakehouse.root,
+        "tables": tables,
+        "accounting": accounting(spark, settings),
+        "quarantine": quarantine_by_code(spark, settings),
+        "streams": [stream_status(spark, settings, s) for s in STREAMS],
+    }
+
+
+def _size(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _opt(value: Any) -> str:
+    return "-" if value is None else str(value)
+
+
+def render_status(report: dict[str, Any]) -> Group:
+    """Rich tables of a `status` report."""
+    tables = Table(title=f"Tables under {report['root']}")
+    for col in ("table", "version", "rows", "files", "size", "last commit"):
+        tables.add_column(col, justify="left" if col in ("table", "last commit") else "right")
+    for t in report["tables"]:
+        tables.add_row(f"{t['layer']}.{t['table']}", str(t["version"]), f"{t['rows']:,}",
+                       str(t["files"]), _size(t["bytes"]),
+                       f"{t['last_commit']:%Y-%m-%d %H:%M:%S} {t['last_operation']}")
+    streams = Table(title="Streams (lag from checkpoints)")
+    for col in ("query", "source", "last batch", "lag records", "lag versions", "note"):
+        streams.add_column(col)
+    for s in report["streams"]:
+        streams.add_row(s["query"], s["source"], _opt(s["last_batch"]), _opt(s["lag_records"]),
+                        _opt(s["lag_versions"]), s["reason"] or "")
+    balance = Table(title="Bronze -> silver accounting")
+    for col in ("topic", "bronze", "silver", "quarantine", "balanced"):
+        balance.add_column(col)
+    for a in report["accounting"]:
+        balance.add_row(str(a["topic"]), str(a["bronze"]), str(a["silver"]),
+                        str(a["quarantine"]), "yes" if a["balanced"] else "[red]NO[/red]")
+    quarantine = Table(title="Quarantine by error code")
+    quarantine.add_column("error_code")
+    quarantine.add_column("rows", justify="right")
+    for code, n in report["quarantine"].items():
+        quarantine.add_row(code, f"{n:,}")
+    return Group(tables, streams, balance, quarantine)

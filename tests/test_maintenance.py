@@ -1,0 +1,257 @@
+"""`lakehouse maintain`: compaction, vacuum, logging, conflicts, and a running stream."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import date
+from pathlib import Path
+
+import pytest
+from delta.exceptions import ConcurrentAppendException, ConcurrentDeleteReadException
+from delta.tables import DeltaTable
+from pyspark.sql import functions as F
+from pyspark.testing import assertDataFrameEqual
+
+from pipelines.ops import maintenance
+from pipelines.ops.catalog import BY_NAME, TABLES, existing_tables
+from pipelines.ops.maintenance import (
+    ConflictRetriesExhausted,
+    maintain,
+    with_conflict_retries,
+)
+
+D1, D2 = date(2026, 11, 1), date(2026, 11, 2)
+SCHEMA = "user_id string, media_id string, event_date date"
+
+
+def _append_small_files(spark, path: str, batches: int, partitioned: bool) -> list[tuple]:
+    """`batches` appends of one row per partition: many tiny files."""
+    rows = []
+    for i in range(batches):
+        batch = [(f"u{i}", f"m{i}-{d}", d) for d in ((D1, D2) if partitioned else (D1,))]
+        writer = spark.createDataFrame(batch, SCHEMA).write
+        writer = writer.partitionBy("event_date") if partitioned else writer
+        writer.format("delta").mode("append").save(path)
+        rows.extend(batch)
+    return rows
+
+
+def _num_files(spark, path: str) -> int:
+    return DeltaTable.forPath(spark, path).detail().first()["numFiles"]
+
+
+def _parquet_on_disk(path: str) -> int:
+    return len(list(Path(path).rglob("*.parquet")))
+
+
+def _with_retention(settings, hours: int):
+    return settings.model_copy(update={
+        "maintenance": settings.maintenance.model_copy(update={"vacuum_retention_hours": hours})
+    })
+
+
+def _log(spark, settings):
+    return spark.read.format("delta").load(settings.lakehouse.table_path("ops", "maintenance_log"))
+
+
+def test_catalog_lists_every_table_the_jobs_declare() -> None:
+    from pipelines import bronze
+    from pipelines.features import retrain
+    from pipelines.gold import engagement, health, notifications
+    from pipelines.ops.maintenance import LAYER, TABLE
+    from pipelines.silver import tables as silver
+
+    declared = {
+        f"{bronze.LAYER}.{bronze.TABLE}",
+        *(f"{silver.LAYER}.{t.table}" for t in silver.TABLES),
+        f"{silver.LAYER}.{silver.QUARANTINE}",
+        *(f"{engagement.GOLD}.{t}" for t in engagement.GOLD_KEYS),
+        f"{engagement.OPS}.{engagement.PROGRESS}",
+        f"{engagement.OPS}.{engagement.LATE_EVENTS}",
+        *(f"{health.LAYER}.{t}" for t in (health.HOST_STATUS, health.SERVICE_MINUTE,
+                                          health.ALERTS)),
+        f"{notifications.LAYER}.{notifications.TABLE}",
+        *(f"{retrain.LAYER}.{t}" for t in (retrain.RECOMMENDATIONS, retrain.POPULARITY,
+                                           retrain.RUNS)),
+        f"{LAYER}.{TABLE}",
+    }
+    assert declared <= set(BY_NAME)
+    assert len(BY_NAME) == len(TABLES)
+    for table in TABLES:
+        assert not set(table.zorder_by) & set(table.partition_by), table.name
+
+
+def test_conflicts_are_retried_with_backoff_then_reported() -> None:
+    sleeps: list[float] = []
+    calls = iter([ConcurrentAppendException("x"), ConcurrentDeleteReadException("y"), "done"])
+
+    def flaky() -> str:
+        outcome = next(calls)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    assert with_conflict_retries(flaky, retries=3, backoff_s=0.5, sleep=sleeps.append) == (
+        "done", 3)
+    assert sleeps == [0.5, 1.0]
+
+    sleeps.clear()
+
+    def always_conflicts() -> None:
+        raise ConcurrentAppendException("files were added")
+
+    with pytest.raises(ConflictRetriesExhausted, match="after 3 attempts"):
+        with_conflict_retries(always_conflicts, retries=2, backoff_s=1, sleep=sleeps.append)
+    assert sleeps == [1, 2]
+
+    def broken() -> None:
+        raise ValueError("not a conflict")
+
+    with pytest.raises(ValueError):
+        with_conflict_retries(broken, retries=3, backoff_s=1, sleep=sleeps.append)
+    assert sleeps == [1, 2]
+
+
+def test_maintain_compacts_every_table_and_logs_each_action(spark, lake, monkeypatch) -> None:
+    settings = lake.settings
+    actions = BY_NAME["silver.user_actions"].path(settings)
+    daily = BY_NAME["gold.daily_active_users"].path(settings)
+    broken = BY_NAME["features.item_popularity"].path(settings)
+    action_rows = _append_small_files(spark, actions, 5, partitioned=True)
+    daily_rows = _append_small_files(spark, daily, 5, partitioned=False)
+    _append_small_files(spark, broken, 1, partitioned=False)
+    before = {p: DeltaTable.forPath(spark, p).detail().first()["sizeInBytes"]
+              for p in (actions, daily)}
+    assert (_num_files(spark, actions), _num_files(spark, daily)) == (10, 5)
+
+    # One table whose OPTIMIZE fails: reported, and the others still maintained.
+    real_optimize = maintenance.optimize_table
+
+    def optimize_or_fail(spark_, table, path, zorder_min_bytes):
+        if path == broken:
+            raise RuntimeError("disk on fire")
+        return real_optimize(spark_, table, path, zorder_min_bytes)
+
+    monkeypatch.setattr(maintenance, "optimize_table", optimize_or_fail)
+    # zorder_min_bytes=0: user_actions (which has a Z-order hint) is Z-ordered.
+    rows = maintain(spark, settings, vacuum=True, progress=False, zorder_min_bytes=0)
+
+    assert _num_files(spark, actions) == 2  # one file per event_date partition
+    assert _num_files(spark, daily) == 1
+    assertDataFrameEqual(spark.read.format("delta").load(actions),
+                         spark.createDataFrame(action_rows, SCHEMA))
+    assertDataFrameEqual(spark.read.format("delta").load(daily),
+                         spark.createDataFrame(daily_rows, SCHEMA))
+    # Default retention (168 h): the files just compacted away stay on disk.
+    assert _parquet_on_disk(actions) == 12
+
+    def summary(r) -> tuple:
+        return (r["table"], r["operation"], r["status"], r["files_added"], r["files_removed"])
+
+    expected = [
+        ("silver.user_actions", "zorder", "ok", 2, 10),
+        ("silver.user_actions", "vacuum", "ok", 0, 0),
+        ("gold.daily_active_users", "optimize", "ok", 1, 5),
+        ("gold.daily_active_users", "vacuum", "ok", 0, 0),
+        ("features.item_popularity", "optimize", "failed", None, None),
+        ("features.item_popularity", "vacuum", "ok", 0, 0),
+    ]
+    assert [summary(r) for r in rows] == expected
+    assert rows[4]["error"] == "disk on fire"
+    assert rows[0]["bytes_before"] == before[actions]
+    assert rows[2]["bytes_before"] == before[daily]
+    assert rows[0]["note"] == "zorder by user_id, media_id"
+    assert rows[2]["note"] is None
+    logged = _log(spark, settings)
+    assert logged.select("run_id").distinct().count() == 1
+    assert sorted(summary(r) for r in logged.collect()) == sorted(expected)
+    assert {r["run_id"] for r in rows} == {logged.first()["run_id"]}
+
+
+def test_vacuum_below_safety_check_deletes_old_files_and_restores_the_check(spark, lake) -> None:
+    settings = _with_retention(lake.settings, 0)
+    path = BY_NAME["gold.daily_active_users"].path(settings)
+    rows = _append_small_files(spark, path, 5, partitioned=False)
+    check = "spark.databricks.delta.retentionDurationCheck.enabled"
+    check_before = spark.conf.get(check, None)
+
+    started = time.monotonic()
+    log = maintain(spark, settings, vacuum=True, progress=False)
+    took = time.monotonic() - started
+
+    assert [(r["operation"], r["status"], r["files_removed"]) for r in log] == [
+        ("optimize", "ok", 5), ("vacuum", "ok", 5)]
+    assert "below Delta's 168h safety check" in log[1]["note"]
+    assert log[1]["bytes_after"] < log[1]["bytes_before"]
+    assert _parquet_on_disk(path) == 1
+    assert spark.conf.get(check, None) == check_before
+    assertDataFrameEqual(spark.read.format("delta").load(path),
+                         spark.createDataFrame(rows, SCHEMA))
+    # VACUUM's listing parallelism is capped (Spark's default of 10000 tasks takes ~1 min).
+    assert took < 30, took
+
+
+def test_maintain_beside_a_running_stream(spark, lake) -> None:
+    """A Delta -> Delta append stream runs (1 s trigger) while both its tables are
+    compacted; a second stream reads the compacted target. Every row arrives once."""
+    settings = lake.settings
+    source = BY_NAME["bronze.events"].path(settings)
+    target = BY_NAME["silver.system_events"].path(settings)
+    _append_small_files(spark, source, 4, partitioned=True)
+    upstream = downstream = None
+    feeder_errors: list[BaseException] = []
+    try:
+        upstream = (
+            spark.readStream.format("delta").load(source)
+            .writeStream.format("delta")
+            .option("checkpointLocation", settings.lakehouse.checkpoint("maint_upstream"))
+            .partitionBy("event_date")
+            .trigger(processingTime="1 second")
+            .start(target)
+        )
+        upstream.processAllAvailable()
+        downstream = (
+            spark.readStream.format("delta").load(target)
+            .writeStream.format("memory").queryName("maint_downstream")
+            .option("checkpointLocation", settings.lakehouse.checkpoint("maint_downstream"))
+            .trigger(processingTime="1 second")
+            .start()
+        )
+        downstream.processAllAvailable()
+
+        def feed() -> None:  # new input while maintenance runs
+            try:
+                for i in range(4):
+                    spark.createDataFrame([(f"late{i}", "m", D2)], SCHEMA).write.format(
+                        "delta").mode("append").partitionBy("event_date").save(source)
+                    time.sleep(0.7)
+            except BaseException as exc:  # reported by the assertion below
+                feeder_errors.append(exc)
+
+        feeder = threading.Thread(target=feed)
+        feeder.start()
+        log = maintain(spark, settings, vacuum=False, progress=False)
+        feeder.join()
+        upstream.processAllAvailable()
+        downstream.processAllAvailable()
+
+        assert not feeder_errors
+        assert upstream.isActive and upstream.exception() is None
+        assert downstream.isActive and downstream.exception() is None
+        assert [(r["table"], r["operation"], r["status"]) for r in log] == [
+            ("bronze.events", "optimize", "ok"), ("silver.system_events", "optimize", "ok")]
+        assert log[0]["files_removed"] >= 8  # the 4 initial appends x 2 partitions
+        expected = spark.read.format("delta").load(source)
+        assert expected.count() == 12
+        assertDataFrameEqual(spark.read.format("delta").load(target), expected)
+        # The downstream reader got every row exactly once: OPTIMIZE's rewritten files
+        # (dataChange=false) were not delivered again.
+        assertDataFrameEqual(spark.table("maint_downstream"), expected)
+    finally:
+        for query in (upstream, downstream):
+            if query is not None:
+                query.stop()
+    assert [t.name for t in existing_tables(spark, settings)] == [
+        "bronze.events", "silver.system_events", "ops.maintenance_log"]
+    assert _log(spark, settings).filter(F.col("status") != "ok").count() == 0
