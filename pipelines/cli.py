@@ -137,16 +137,11 @@ def retrain(conf: Path | None = ConfOption) -> None:
     from pipelines.features.retrain import run
 
     result = run(_spark(_settings(conf)))
-    _print_retrain(result)
-
-
-def _print_retrain(result: dict[str, Any]) -> None:
-    model, base = result["model"], result["baseline"]
     print(
-        f"model {result['model_version'][:12]} params {result['params']} "
-        f"in {result['total_s']}s; NDCG@10 {model['ndcg_at_10']:.4f} "
-        f"(popularity baseline {base['ndcg_at_10']:.4f}), "
-        f"precision@10 {model['precision_at_10']:.4f}, recall@10 {model['recall_at_10']:.4f}"
+        f"model {result['model_version'][:12]} params {result['params']}: "
+        + _retrain_line(result)
+        + f"; precision@10 {result['model']['precision_at_10']:.4f}, "
+        f"recall@10 {result['model']['recall_at_10']:.4f}"
     )
 
 
@@ -171,6 +166,84 @@ def reconcile(
             f"{counts['sessions']} sessions, {counts['user_days']} user-days, "
             f"{counts['days']} days recomputed"
         )
+
+
+@app.command()
+@command
+def demo(
+    conf: Path | None = ConfOption,
+    events: int = typer.Option(30_000, "--events", min=1000, help="records to simulate"),
+    seed: int = typer.Option(42, "--seed"),
+) -> None:
+    """Everything end to end on the embedded default, with a summary."""
+    import time
+
+    from rich.table import Table
+
+    from pipelines.features.retrain import run as run_retrain
+    from pipelines.gold.reconcile import reconcile as run_reconcile
+    from pipelines.kafka import embedded
+    from pipelines.ops.accounting import accounting
+    from pipelines.runner import run_layers
+    from pipelines.simulate.producer import simulate as run_simulation
+
+    settings = _settings(conf)
+    steps: list[tuple[str, float, str]] = []
+
+    def step(name: str, fn: Callable[[], str]) -> None:
+        console.rule(name)
+        started = time.monotonic()
+        result = fn()
+        steps.append((name, time.monotonic() - started, result))
+
+    step("kafka up", lambda: embedded.up(settings.kafka))
+    manifest: dict[str, Any] = {}
+
+    def produce() -> str:
+        manifest.update(run_simulation(settings, events, seed=seed, shuffle=True))
+        return f"{manifest['total']} records, {manifest['events_per_s']:.0f}/s"
+
+    step("simulate", produce)
+    spark = _spark(settings)
+    step("stream (available now)", lambda: run_layers(
+        spark, settings, ["bronze", "silver", "gold"], True, report=console.print) or "drained")
+    step("reconcile", lambda: f"{run_reconcile(spark, settings)['late_events']} late events")
+    step("retrain", lambda: _retrain_line(run_retrain(spark, settings)))
+    step("quality", lambda: _quality_line(spark, settings))
+
+    report = accounting(spark, settings)
+    summary = Table(title="lakehouse demo")
+    for col in ("step", "seconds", "result"):
+        summary.add_column(col)
+    for name, seconds, result in steps:
+        summary.add_row(name, f"{seconds:.1f}", result)
+    for row in report:
+        summary.add_row(
+            f"accounting {row['topic']}", "",
+            f"bronze {row['bronze']} = silver {row['silver']} + quarantine {row['quarantine']}"
+            f" {'OK' if row['balanced'] else 'MISMATCH'}",
+        )
+    Console().print(summary)
+    print(f"lakehouse at {settings.lakehouse.root}; try `lakehouse status`")
+    if not all(r["balanced"] for r in report):
+        raise UserError("accounting does not balance: some bronze records are unaccounted for")
+
+
+def _retrain_line(result: dict[str, Any]) -> str:
+    model, base = result["model"], result["baseline"]
+    return (
+        f"NDCG@10 {model['ndcg_at_10']:.3f} vs popularity {base['ndcg_at_10']:.3f}, "
+        f"{result['total_s']}s"
+    )
+
+
+def _quality_line(spark: Any, settings: Settings) -> str:
+    from pipelines.quality.run import run_quality
+
+    results = run_quality(spark, settings)
+    checked = [r for r in results if r["success"] is not None]
+    failed = [r for r in checked if not r["success"]]
+    return f"{len(checked) - len(failed)}/{len(checked)} expectations met"
 
 
 @schemas_app.command("check")

@@ -83,6 +83,7 @@ class SparkSettings(_Strict):
     driver_memory: str
     shuffle_partitions: int = Field(ge=1)
     packages: list[str]
+    fetch_jars: bool = True  # false under spark-submit, where --packages/--jars provide them
     extra_conf: dict[str, str] = {}
 
 

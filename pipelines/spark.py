@@ -26,8 +26,8 @@ def connector_jars(spark: SparkSettings) -> list[str]:
 def build_spark(spark: SparkSettings, extra: dict[str, str] | None = None) -> SparkSession:
     """Create (or return the running) SparkSession configured for the lakehouse.
 
-    Under spark-submit on a cluster the jars are usually given with
-    `--packages`; set LAKEHOUSE_SKIP_JAR_FETCH=1 there to leave the classpath alone.
+    An empty `master` leaves it to spark-submit; `fetch_jars: false` leaves the
+    classpath to spark-submit's `--packages` (see conf/cluster.yaml).
     """
     # Python workers must be this interpreter (the venv), not whatever `python3`
     # is first on PATH: silver's classifier needs the venv's pyarrow and schemas.
@@ -41,9 +41,9 @@ def build_spark(spark: SparkSettings, extra: dict[str, str] | None = None) -> Sp
         .config("spark.sql.shuffle.partitions", str(spark.shuffle_partitions))
         .config("spark.driver.memory", spark.driver_memory)
     )
-    if not os.environ.get("PYSPARK_SUBMIT_ARGS") and spark.master:
+    if spark.master:
         builder = builder.master(spark.master)
-    if not os.environ.get("LAKEHOUSE_SKIP_JAR_FETCH"):
+    if spark.fetch_jars:
         builder = builder.config("spark.jars", ",".join(connector_jars(spark)))
     for key, value in {**spark.extra_conf, **(extra or {})}.items():
         builder = builder.config(key, value)

@@ -1,0 +1,313 @@
+"""`make bench`: throughput, memory and freshness on this machine.
+
+    python -m bench.run [--records 1000000] [--only simulate,ingest,freshness]
+
+Results go to bench/results/<name>.json (one file per measurement, overwritten
+by the next run; git keeps the history). Uses the embedded broker of
+conf/local.yaml under a separate lakehouse root (bench/tmp).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import subprocess
+import threading
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).parent / "results"
+TMP = Path(__file__).parent / "tmp"
+
+
+def _save(name: str, data: dict[str, Any]) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    data = {
+        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        **data,
+    }
+    (RESULTS / f"{name}.json").write_text(json.dumps(data, indent=2) + "\n")
+    print(f"{name}: {json.dumps(data)}")
+
+
+def _settings(tag: str, extra: dict[str, str] | None = None):  # noqa: ANN202
+    from pipelines.settings import load_settings
+
+    env = {
+        "LAKEHOUSE_ROOT": str(TMP / tag / "lake"),
+        "LAKEHOUSE_SIMULATE__MANIFEST_DIR": str(TMP / tag / "manifests"),
+        **(extra or {}),
+    }
+    for kind in ("user_actions", "content_uploads", "system_events", "notifications"):
+        env[f"LAKEHOUSE_KAFKA__TOPICS__{kind.upper()}__NAME"] = f"bench.{tag}.{kind}"
+    return load_settings(env={**os.environ, **env})
+
+
+def _java_children_peak_mb() -> dict[int, float]:
+    """Peak RSS (VmHWM) of the java processes started by this Python process."""
+    from pipelines.kafka.embedded import rss_mb
+
+    me = str(os.getpid())
+    out = {}
+    for status in Path("/proc").glob("[0-9]*/status"):
+        try:
+            text = status.read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in text.splitlines() if ":" in line)
+        if fields.get("PPid", "").strip() == me and fields.get("Name", "").strip() == "java":
+            pid = int(status.parent.name)
+            out[pid] = rss_mb(pid)
+    return out
+
+
+def bench_simulate(records: int) -> None:
+    """The simulator's produce rate vs Kafka's own kafka-producer-perf-test."""
+    from pipelines import jars
+    from pipelines.kafka.embedded import broker_coordinates, ensure_topics
+    from pipelines.simulate.producer import simulate
+
+    settings = _settings("simulate")
+    ensure_topics(settings.kafka)
+    manifest = simulate(settings, records, seed=1, progress=False)
+    size = 200
+    classpath = ":".join(str(j) for j in jars.fetch(
+        "kafka", broker_coordinates(settings.kafka.embedded.version)))
+    perf = subprocess.run(
+        ["java", "-Xmx256m", "-cp", classpath, "org.apache.kafka.tools.ProducerPerformance",
+         "--topic", settings.topic("user_actions").name, "--num-records", str(records),
+         "--record-size", str(size), "--throughput", "-1", "--producer-props",
+         f"bootstrap.servers={settings.kafka.bootstrap}", "acks=all", "linger.ms=20",
+         "batch.size=262144"],
+        capture_output=True, text=True, check=True,
+    )
+    summary = perf.stdout.strip().splitlines()[-1]
+    _save("simulate", {
+        "records": records,
+        "simulator_events_per_s": manifest["events_per_s"],
+        "simulator_seconds": manifest["seconds"],
+        "kafka_producer_perf_test": summary,
+        "kafka_producer_perf_test_records_per_s": float(summary.split(" records/sec")[0]
+                                                        .rsplit(",", 1)[0].split()[-1]),
+    })
+
+
+def _drain(spark, settings, layers: list[str]) -> float:  # noqa: ANN001
+    from pipelines.runner import run_layers
+
+    started = time.monotonic()
+    run_layers(spark, settings, layers, available_now=True, report=lambda _: None)
+    return time.monotonic() - started
+
+
+def bench_ingest(records: int) -> None:
+    """Bronze ingest rate for `records` simulated records (~200-300 bytes), silver's
+    rate alone, then both layers side by side on a second, equal load."""
+    from pipelines.kafka.embedded import ensure_topics, status
+    from pipelines.simulate.producer import simulate
+    from pipelines.spark import build_spark
+
+    settings = _settings("ingest", {"LAKEHOUSE_STREAMING__MAX_OFFSETS_PER_TRIGGER": "250000"})
+    ensure_topics(settings.kafka)
+    manifest = simulate(settings, records, seed=5, progress=False)
+    avg_bytes = _avg_value_bytes(settings)
+    started = time.monotonic()
+    spark = build_spark(settings.spark)
+    startup = time.monotonic() - started
+    bronze_s = _drain(spark, settings, ["bronze"])
+    silver_s = _drain(spark, settings, ["silver"])
+
+    # Side by side: a second load, bronze and silver running concurrently.
+    more = simulate(settings, records // 2, seed=6, progress=False)
+    both_s = _drain_concurrently(spark, settings)
+    total = records + more["total"]
+    from pipelines.kafka.embedded import rss_mb
+
+    broker_pid = status(settings.kafka)["pid"]
+    _save("ingest", {
+        "records": records,
+        "avg_value_bytes": avg_bytes,
+        "spark_startup_s": round(startup, 1),
+        "bronze_seconds": round(bronze_s, 1),
+        "bronze_records_per_s": round(records / bronze_s),
+        "silver_alone_seconds": round(silver_s, 1),
+        "silver_alone_records_per_s": round(records / silver_s),
+        "side_by_side_records": more["total"],
+        "side_by_side_seconds": round(both_s, 1),
+        "side_by_side_records_per_s": round(more["total"] / both_s),
+        "total_records": total,
+        "manifest_expected": manifest["expected"],
+        "peak_rss_mb": {
+            "kafka_broker": round(rss_mb(broker_pid), 0) if broker_pid else None,
+            "spark_driver_jvm": [round(v) for v in _java_children_peak_mb().values()],
+        },
+    })
+
+
+def _avg_value_bytes(settings) -> float:  # noqa: ANN001
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(
+        settings.topic("user_actions").name, bootstrap_servers=settings.kafka.bootstrap,
+        auto_offset_reset="earliest", consumer_timeout_ms=5000, max_poll_records=2000,
+    )
+    sizes = []
+    for message in consumer:
+        sizes.append(len(message.value or b""))
+        if len(sizes) >= 2000:
+            break
+    consumer.close()
+    return round(sum(sizes) / max(len(sizes), 1), 1)
+
+
+def _drain_concurrently(spark, settings) -> float:  # noqa: ANN001
+    """Bronze and silver as two live queries; done when silver holds every record."""
+    from deltalake import DeltaTable
+    from kafka import KafkaConsumer
+
+    from pipelines import bronze
+    from pipelines.silver import job as silver_job
+    from pipelines.silver.tables import QUARANTINE, TABLES
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap)
+    from kafka import TopicPartition
+    parts = [TopicPartition(t, p) for t in settings.kafka.source_topics
+             for p in consumer.partitions_for_topic(t)]
+    target = sum(consumer.end_offsets(parts).values())
+    consumer.close()
+
+    def silver_total() -> int:
+        n = 0
+        for name in [t.table for t in TABLES] + [QUARANTINE]:
+            path = settings.lakehouse.table_path("silver", name)
+            if Path(path, "_delta_log").exists():
+                actions = DeltaTable(path).get_add_actions(flatten=True).to_pylist()
+                n += sum(a["num_records"] for a in actions)
+        return n
+
+    started = time.monotonic()
+    queries = bronze.start(spark, settings, False) + silver_job.start(spark, settings, False)
+    try:
+        while silver_total() < target:
+            for q in queries:
+                if q.exception():
+                    raise RuntimeError(str(q.exception()))
+            time.sleep(1)
+    finally:
+        for q in queries:
+            q.stop()
+    return time.monotonic() - started
+
+
+def bench_freshness(seconds: int, rate: int) -> None:
+    """Event produced -> visible in gold.media_engagement, at a steady rate: probe
+    events with their own media ids are sent every few seconds and polled for."""
+    from deltalake import DeltaTable
+    from kafka import KafkaProducer
+
+    from pipelines import bronze
+    from pipelines.gold import engagement
+    from pipelines.kafka.embedded import ensure_topics
+    from pipelines.silver import job as silver_job
+    from pipelines.spark import build_spark
+
+    settings = _settings("fresh", {"LAKEHOUSE_STREAMING__TRIGGER": "2 seconds"})
+    ensure_topics(settings.kafka)
+    spark = build_spark(settings.spark)
+    queries = []
+    for start in (bronze.start, silver_job.start, engagement.start):
+        queries += start(spark, settings, False)
+    load = subprocess.Popen(
+        [shutil.which("lakehouse") or "lakehouse", "simulate", "--events",
+         str(seconds * rate), "--rate", str(rate), "--now", "--seed", "9"],
+        env={**os.environ, "LAKEHOUSE_ROOT": settings.lakehouse.root,
+             **{f"LAKEHOUSE_KAFKA__TOPICS__{k.upper()}__NAME": v.name
+                for k, v in settings.kafka.topics.items()},
+             "LAKEHOUSE_SIMULATE__MANIFEST_DIR": str(TMP / "fresh" / "manifests")},
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
+    sent: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    stop = threading.Event()
+    gold = settings.lakehouse.table_path("gold", "media_engagement")
+
+    def poll() -> None:
+        while not stop.is_set():
+            try:
+                ids = set(DeltaTable(gold).to_pyarrow_table(columns=["media_id"])
+                          .column("media_id").to_pylist())
+            except Exception:  # noqa: BLE001 - not created yet
+                ids = set()
+            now = time.time()
+            for probe in list(sent):
+                if probe in ids and probe not in seen:
+                    seen[probe] = now
+            time.sleep(0.5)
+
+    poller = threading.Thread(target=poll, daemon=True)
+    poller.start()
+    t_end = time.time() + seconds
+    i = 0
+    while time.time() < t_end:
+        probe = f"probe-{uuid.uuid4().hex[:8]}"
+        event = {"schemaVersion": 2, "eventId": str(uuid.uuid4()), "userId": "probe-user",
+                 "action": "play", "mediaId": probe,
+                 "timestamp": datetime.now(UTC).isoformat().replace("+00:00", "Z")}
+        producer.send(settings.topic("user_actions").name, key=b"probe-user",
+                      value=json.dumps(event).encode())
+        producer.flush()
+        sent[probe] = time.time()
+        i += 1
+        time.sleep(5)
+    load.wait(timeout=seconds * 3)
+    deadline = time.time() + 180
+    while len(seen) < len(sent) and time.time() < deadline:
+        time.sleep(1)
+    stop.set()
+    for q in queries:
+        q.stop()
+    latencies = sorted(seen[p] - sent[p] for p in seen)
+
+    def pct(q: float) -> float | None:
+        if not latencies:
+            return None
+        return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1)
+
+    _save("freshness", {
+        "rate_events_per_s": rate, "seconds": seconds, "probes": len(sent),
+        "probes_seen": len(seen), "p50_s": pct(0.5), "p95_s": pct(0.95),
+        "max_s": round(max(latencies), 1) if latencies else None,
+        "simulator_exit_code": load.returncode,
+    })
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--records", type=int, default=1_000_000)
+    parser.add_argument("--only", default="simulate,ingest,freshness")
+    parser.add_argument("--fresh-seconds", type=int, default=120)
+    parser.add_argument("--fresh-rate", type=int, default=5000)
+    args = parser.parse_args()
+    from pipelines.kafka import embedded
+    from pipelines.settings import load_settings
+
+    shutil.rmtree(TMP, ignore_errors=True)
+    print(embedded.up(load_settings().kafka))
+    chosen = args.only.split(",")
+    if "simulate" in chosen:
+        bench_simulate(args.records)
+    if "ingest" in chosen:
+        bench_ingest(args.records)
+    if "freshness" in chosen:
+        bench_freshness(args.fresh_seconds, args.fresh_rate)
+
+
+if __name__ == "__main__":
+    main()
