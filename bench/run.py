@@ -13,6 +13,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import threading
@@ -94,8 +95,8 @@ def bench_simulate(records: int) -> None:
         "simulator_events_per_s": manifest["events_per_s"],
         "simulator_seconds": manifest["seconds"],
         "kafka_producer_perf_test": summary,
-        "kafka_producer_perf_test_records_per_s": float(summary.split(" records/sec")[0]
-                                                        .rsplit(",", 1)[0].split()[-1]),
+        "kafka_producer_perf_test_records_per_s": float(
+            re.search(r"([\d.]+) records/sec", summary).group(1)),
     })
 
 

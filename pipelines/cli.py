@@ -31,9 +31,10 @@ class UserError(Exception):
 def _user_errors() -> tuple[type[BaseException], ...]:
     from pipelines.jars import JarFetchError
     from pipelines.kafka.embedded import BrokerError
+    from pipelines.quality.suites import SuiteError
     from pipelines.settings import SettingsError
 
-    return (UserError, SettingsError, BrokerError, JarFetchError, FileNotFoundError)
+    return (UserError, SettingsError, BrokerError, JarFetchError, FileNotFoundError, SuiteError)
 
 
 def command(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -96,6 +97,9 @@ def stream(
         False, "--available-now", help="process everything in Kafka, then exit"
     ),
     layers: str = typer.Option("bronze,silver,gold", help="comma-separated layers to run"),
+    metrics: bool = typer.Option(
+        False, "--metrics", help="serve Prometheus metrics on metrics.port while running"
+    ),
 ) -> None:
     """Run the streaming jobs (bronze -> silver -> gold)."""
     from pipelines.runner import parse_layers, run_layers
@@ -105,7 +109,14 @@ def stream(
         chosen = parse_layers(layers)
     except ValueError as exc:
         raise UserError(str(exc)) from exc
-    run_layers(_spark(settings), settings, chosen, available_now, report=console.print)
+    spark = _spark(settings)
+    if metrics:
+        from pipelines.ops.metrics import MetricsListener, serve
+
+        spark.streams.addListener(MetricsListener())
+        serve(settings.metrics.port)
+        console.print(f"metrics on http://localhost:{settings.metrics.port}/metrics")
+    run_layers(spark, settings, chosen, available_now, report=console.print)
 
 
 @app.command()
@@ -143,6 +154,68 @@ def retrain(conf: Path | None = ConfOption) -> None:
         + f"; precision@10 {result['model']['precision_at_10']:.4f}, "
         f"recall@10 {result['model']['recall_at_10']:.4f}"
     )
+
+
+@app.command()
+@command
+def maintain(
+    conf: Path | None = ConfOption,
+    vacuum: bool = typer.Option(False, "--vacuum", help="also VACUUM old files"),
+) -> None:
+    """Compact (and vacuum) every table; safe beside running streams."""
+    from pipelines.ops.maintenance import maintain as run_maintain
+
+    settings = _settings(conf)
+    rows = run_maintain(_spark(settings), settings, vacuum=vacuum)
+    failed = [r for r in rows if r["status"] == "failed"]
+    print(f"{len(rows)} maintenance actions, {len(failed)} failed (see ops.maintenance_log)")
+    for row in failed:
+        print(f"  {row['table']} {row['operation']}: {row['error']}", file=sys.stderr)
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@command
+def quality(conf: Path | None = ConfOption) -> None:
+    """Run the data-quality suites (conf/quality.yaml) on the current tables."""
+    from rich.table import Table
+
+    from pipelines.quality.run import critical_failures, run_quality
+
+    settings = _settings(conf)
+    results = run_quality(_spark(settings), settings)
+    table = Table(title="data quality")
+    for col in ("table", "expectation", "result", "unexpected", "observed"):
+        table.add_column(col)
+    for r in results:
+        verdict = {True: "ok", False: f"FAILED ({r['severity']})", None: "skipped"}[r["success"]]
+        table.add_row(r["table"], r["expectation"], verdict, str(r["unexpected_count"] or ""),
+                      str(r["observed"] or ""))
+    Console().print(table)
+    if critical_failures(results):
+        raise UserError(f"{len(critical_failures(results))} critical expectations failed")
+
+
+@app.command()
+@command
+def status(
+    conf: Path | None = ConfOption,
+    metrics_file: Path | None = typer.Option(
+        None, "--metrics-file", help="also write Prometheus metrics (textfile format)"
+    ),
+) -> None:
+    """Tables, versions, row counts, stream lag and the bronze/silver accounting."""
+    from pipelines.ops.status import render_status
+    from pipelines.ops.status import status as collect_status
+
+    settings = _settings(conf)
+    report = collect_status(_spark(settings), settings)
+    Console().print(render_status(report))
+    if metrics_file is not None:
+        from pipelines.ops.metrics import collect_metrics, write_textfile
+
+        write_textfile(collect_metrics(report), str(metrics_file))
 
 
 @app.command()

@@ -106,6 +106,7 @@ class GoldSettings(_Strict):
 class NotificationSettings(_Strict):
     max_per_user_per_day: int = Field(ge=1)
     fan_min_days: int = Field(ge=1)
+    send_timeout_s: float = Field(gt=0)
 
 
 class AlsGrid(_Strict):
@@ -113,6 +114,15 @@ class AlsGrid(_Strict):
     reg_param: list[float]
     alpha: list[float]
     max_iter: int = Field(ge=1)
+    blocks: int = Field(ge=1)
+
+
+class FeatureWeights(_Strict):
+    play: float = Field(ge=0)
+    complete: float = Field(ge=0)
+    skip: float = Field(ge=0)
+    watch_hour: float = Field(ge=0)
+    watch_cap_hours: float = Field(ge=0)
 
 
 class FeatureSettings(_Strict):
@@ -121,6 +131,10 @@ class FeatureSettings(_Strict):
     popularity_days: int = Field(ge=1)
     seed: int
     als: AlsGrid
+    weights: FeatureWeights
+    trending_prior: float = Field(gt=0)
+    relevant_watch_ms: int = Field(ge=0)
+    max_extra_candidates: int = Field(ge=0)
 
 
 class BadRatios(_Strict):

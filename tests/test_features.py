@@ -32,6 +32,8 @@ SESSIONS_SCHEMA = T.StructType([
 ])
 MIN = 60_000
 HOUR = 60 * MIN
+# The weights the hand-computed strengths below assume (conf/local.yaml has the same).
+WEIGHTS = {"play": 1.0, "complete": 2.0, "skip": 1.5, "watch_hour": 1.0, "watch_cap_hours": 2.0}
 
 
 def ts(text: str) -> datetime:
@@ -75,7 +77,7 @@ def test_implicit_feedback_weights_completions_watch_time_and_skips(spark) -> No
         "user_id string, media_id string, sessions long, completions long, skips long, "
         "watch_ms long, strength double",
     )
-    assertDataFrameEqual(implicit_feedback(sessions), expected)
+    assertDataFrameEqual(implicit_feedback(sessions, **WEIGHTS), expected)
 
 
 def test_id_index_is_dense_and_in_id_order(spark) -> None:
@@ -159,7 +161,7 @@ def test_item_popularity_is_relative_to_the_newest_event(spark) -> None:
         "media_id string, plays_7d long, unique_viewers_7d long, completion_rate double, "
         "trending_score double",
     )
-    assertDataFrameEqual(item_popularity(actions, sessions, 2), expected)
+    assertDataFrameEqual(item_popularity(actions, sessions, 2, trending_prior=1.0), expected)
 
 
 def test_popular_items_order_viewers_then_plays_then_id(spark) -> None:

@@ -9,9 +9,6 @@ from pyspark.sql import functions as F
 
 # Metrics are reported at 10 whatever features.top_k is: the contract names them *_at_10.
 EVAL_K = 10
-# A holdout session counts as relevant when completed, or when this much was
-# watched (v1 players never send `complete`; long films are rarely finished).
-RELEVANT_WATCH_MS = 20 * 60_000  # TODO(conf): features.relevant_watch_ms
 
 
 def split_sessions(sessions: DataFrame, cut: datetime) -> tuple[DataFrame, DataFrame]:
@@ -20,11 +17,12 @@ def split_sessions(sessions: DataFrame, cut: datetime) -> tuple[DataFrame, DataF
     return sessions.filter(starts_before), sessions.filter(~starts_before)
 
 
-def relevant_items(
-    train: DataFrame, test: DataFrame, min_watch_ms: int = RELEVANT_WATCH_MS
-) -> DataFrame:
+def relevant_items(train: DataFrame, test: DataFrame, min_watch_ms: int) -> DataFrame:
     """(user_id, media_id) a user completed or watched `min_watch_ms` of in the
-    holdout, and had not completed before it: what a good list would have shown."""
+    holdout, and had not completed before it: what a good list would have shown.
+
+    Watching counts too because v1 players never send `complete` and long films
+    are rarely finished (`features.relevant_watch_ms`)."""
     engaged = (F.col("outcome") == "completed") | (F.col("watch_ms") >= min_watch_ms)
     completed_before = (
         train.filter(F.col("outcome") == "completed").select("user_id", "media_id").distinct()

@@ -9,47 +9,54 @@ from __future__ import annotations
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-# Implicit feedback of one session (see `implicit_feedback`). They shape what the
-# model learns, not how the pipeline runs, but they belong in conf/ next to the grid.
-PLAY_WEIGHT = 1.0  # TODO(conf): features.weights.play
-COMPLETE_BONUS = 2.0  # TODO(conf): features.weights.complete
-SKIP_PENALTY = 1.5  # TODO(conf): features.weights.skip
-WATCH_HOUR_WEIGHT = 1.0  # TODO(conf): features.weights.watch_hour
-WATCH_CAP_HOURS = 2.0  # TODO(conf): features.weights.watch_cap_hours
-# Smoothing of the trending ratio, in plays per day: keeps an item with one play
-# yesterday and none before from outranking a steadily watched hit.
-TRENDING_PRIOR = 1.0  # TODO(conf): features.trending_prior
-
 MS_PER_HOUR = 3_600_000
 # Float sums depend on the order rows meet in an aggregation; rounding removes
 # that noise so identical inputs give bit-identical model inputs and outputs.
 DECIMALS = 6
 
 
-def session_weight() -> F.Column:
-    """Implicit feedback of one gold.playback_sessions row.
+def session_weight(
+    *, play: float, complete: float, skip: float, watch_hour: float, watch_cap_hours: float
+) -> F.Column:
+    """Implicit feedback of one gold.playback_sessions row (`features.weights`).
 
-    `PLAY_WEIGHT` for starting it, `COMPLETE_BONUS` if completed, minus
-    `SKIP_PENALTY` if skipped, plus `WATCH_HOUR_WEIGHT` per hour watched (capped
-    at `WATCH_CAP_HOURS`, so a 3-hour film left running is not a super-like).
-    A quick skip is negative: implicit ALS reads a negative total as
-    "preference 0, with confidence", i.e. a dislike.
+    `play` for starting it, `complete` more if completed, minus `skip` if
+    skipped, plus `watch_hour` per hour watched (capped at `watch_cap_hours`,
+    so a 3-hour film left running is not a super-like). A quick skip is
+    negative: implicit ALS reads a negative total as "preference 0, with
+    confidence", i.e. a dislike.
     """
-    watch_hours = F.least(F.col("watch_ms") / MS_PER_HOUR, F.lit(WATCH_CAP_HOURS))
+    watch_hours = F.least(F.col("watch_ms") / MS_PER_HOUR, F.lit(float(watch_cap_hours)))
     is_completed = F.col("outcome") == "completed"
     is_skipped = F.col("outcome") == "skipped"
     return (
-        F.lit(PLAY_WEIGHT)
-        + F.when(is_completed, COMPLETE_BONUS).otherwise(0.0)
-        - F.when(is_skipped, SKIP_PENALTY).otherwise(0.0)
-        + WATCH_HOUR_WEIGHT * watch_hours
+        F.lit(float(play))
+        + F.when(is_completed, float(complete)).otherwise(0.0)
+        - F.when(is_skipped, float(skip)).otherwise(0.0)
+        + float(watch_hour) * watch_hours
     )
 
 
-def implicit_feedback(sessions: DataFrame) -> DataFrame:
-    """Sessions -> one row per (user_id, media_id) with its summed `strength`."""
+def implicit_feedback(
+    sessions: DataFrame,
+    *,
+    play: float,
+    complete: float,
+    skip: float,
+    watch_hour: float,
+    watch_cap_hours: float,
+) -> DataFrame:
+    """Sessions -> one row per (user_id, media_id) with its summed `strength`,
+    each session weighted by `session_weight` with these weights."""
+    weight = session_weight(
+        play=play,
+        complete=complete,
+        skip=skip,
+        watch_hour=watch_hour,
+        watch_cap_hours=watch_cap_hours,
+    )
     return (
-        sessions.withColumn("weight", session_weight())
+        sessions.withColumn("weight", weight)
         .groupBy("user_id", "media_id")
         .agg(
             F.count(F.lit(1)).alias("sessions"),
@@ -104,7 +111,9 @@ def to_ratings(interactions: DataFrame, users: DataFrame, items: DataFrame) -> D
     )
 
 
-def item_popularity(actions: DataFrame, sessions: DataFrame, days: int) -> DataFrame:
+def item_popularity(
+    actions: DataFrame, sessions: DataFrame, days: int, trending_prior: float
+) -> DataFrame:
     """Per media_id seen in `actions`: popularity over the last `days` days.
 
     "Last days" is relative to the newest `event_time` in `actions` (the anchor),
@@ -114,7 +123,8 @@ def item_popularity(actions: DataFrame, sessions: DataFrame, days: int) -> DataF
     - `completion_rate`: completed / all sessions that started in the window
       (null when none did);
     - `trending_score`: plays in the last day over the window's average plays per
-      day, both smoothed by `TRENDING_PRIOR`:
+      day, both smoothed by `trending_prior` (plays per day; it keeps an item with
+      one play yesterday and none before from outranking a steadily watched hit):
       `(plays_1d + prior) / (plays_7d / days + prior)`. 1 is steady, above 1 rising,
       below 1 fading; an item with no plays in the window scores `prior / prior = 1`
       only if it has none in the last day either, i.e. it is neutral, not trending.
@@ -145,9 +155,8 @@ def item_popularity(actions: DataFrame, sessions: DataFrame, days: int) -> DataF
             F.count(F.when(F.col("outcome") == "completed", True)).alias("window_completed"),
         )
     )
-    trending = (F.col("plays_1d") + TRENDING_PRIOR) / (
-        F.col("plays_7d") / float(days) + TRENDING_PRIOR
-    )
+    prior = float(trending_prior)
+    trending = (F.col("plays_1d") + prior) / (F.col("plays_7d") / float(days) + prior)
     return (
         per_action.join(per_session, on="media_id", how="left")
         .select(

@@ -12,11 +12,6 @@ from pyspark.sql import functions as F
 from pipelines.features.interactions import DECIMALS
 from pipelines.settings import AlsGrid
 
-# Blocks fix how ALS partitions its factors, and so (with the seed) its result:
-# a constant, not the core count, so the same inputs give the same model anywhere.
-# Two blocks suit the 2-core default.
-ALS_BLOCKS = 2  # TODO(conf): features.als.blocks
-
 
 @dataclass(frozen=True)
 class AlsParams:
@@ -36,8 +31,12 @@ def param_grid(grid: AlsGrid) -> list[AlsParams]:
     ]
 
 
-def als(params: AlsParams, max_iter: int, seed: int) -> ALS:
+def als(params: AlsParams, max_iter: int, seed: int, blocks: int) -> ALS:
     """The estimator on (user_idx, item_idx, strength).
+
+    `blocks` (`features.als.blocks`) fixes how ALS partitions its factors, and so
+    (with the seed) its result: configured, not the core count, so the same inputs
+    give the same model anywhere.
 
     No checkpointing (`checkpointInterval=-1`): lineage of 10-20 iterations is
     short, and a checkpoint dir would be one more thing to configure and clean.
@@ -56,25 +55,27 @@ def als(params: AlsParams, max_iter: int, seed: int) -> ALS:
         userCol="user_idx",
         itemCol="item_idx",
         ratingCol="strength",
-        numUserBlocks=ALS_BLOCKS,
-        numItemBlocks=ALS_BLOCKS,
+        numUserBlocks=blocks,
+        numItemBlocks=blocks,
         checkpointInterval=-1,
     )
 
 
-def deterministic_order(ratings: DataFrame) -> DataFrame:
-    """Ratings in a fixed partitioning and order, whatever the upstream plan was.
+def deterministic_order(ratings: DataFrame, blocks: int) -> DataFrame:
+    """Ratings in `blocks` partitions and a fixed order, whatever the upstream plan was.
 
     ALS sums float normal equations in the order ratings arrive; a fixed order
     keeps retrains of the same input bit-identical.
     """
-    return ratings.repartition(ALS_BLOCKS, "user_idx").sortWithinPartitions(
+    return ratings.repartition(blocks, "user_idx").sortWithinPartitions(
         "user_idx", "item_idx"
     )
 
 
-def fit(ratings: DataFrame, params: AlsParams, max_iter: int, seed: int) -> ALSModel:
-    return als(params, max_iter, seed).fit(deterministic_order(ratings))
+def fit(
+    ratings: DataFrame, params: AlsParams, max_iter: int, seed: int, blocks: int
+) -> ALSModel:
+    return als(params, max_iter, seed, blocks).fit(deterministic_order(ratings, blocks))
 
 
 def top_scores(

@@ -22,7 +22,7 @@ import hashlib
 import json
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -33,22 +33,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines.features import interactions as ix
-from pipelines.features.evaluate import (
-    EVAL_K,
-    RELEVANT_WATCH_MS,
-    ranking_metrics,
-    relevant_items,
-    split_sessions,
-)
-from pipelines.features.model import ALS_BLOCKS, AlsParams, fit, param_grid, top_scores
+from pipelines.features.evaluate import EVAL_K, ranking_metrics, relevant_items, split_sessions
+from pipelines.features.model import AlsParams, fit, param_grid, top_scores
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
-
-# Scores asked per user beyond k, to survive the exclusion of completed items. Capped:
-# a binge-watcher with 800 completions would make every user's candidate list 800
-# long; past the cap such a user's list is topped up from popularity instead.
-MAX_EXTRA_CANDIDATES = 100  # TODO(conf): features.max_extra_candidates
 
 LAYER = "features"
 RECOMMENDATIONS, POPULARITY, RUNS = "user_recommendations", "item_popularity", "training_runs"
@@ -150,10 +139,14 @@ class Timings(dict):
 
 
 
-def _candidates(exclude: DataFrame, k: int, items: int) -> int:
-    """How many scores to ask per user so k survive the exclusion of completed items."""
+def _candidates(exclude: DataFrame, k: int, items: int, max_extra: int) -> int:
+    """How many scores to ask per user so k survive the exclusion of completed items.
+
+    At most `max_extra` beyond k: a binge-watcher with 800 completions would make every
+    user's candidate list 800 long; past the cap such a user's list is topped up from
+    popularity instead."""
     row = exclude.groupBy("user_id").count().agg(F.max("count")).head()
-    most_completed = min(int(row[0] or 0), MAX_EXTRA_CANDIDATES)
+    most_completed = min(int(row[0] or 0), max_extra)
     return max(1, min(k + most_completed, items))
 
 
@@ -181,6 +174,12 @@ def evaluate_grid(
     holdout_days: int,
     popularity_days: int,
     timings: Timings | None = None,
+    *,
+    blocks: int,
+    weights: Mapping[str, float],
+    trending_prior: float,
+    relevant_watch_ms: int,
+    max_extra_candidates: int,
 ) -> dict[str, Any]:
     """Holdout metrics of every grid point and of the popularity baseline.
 
@@ -188,25 +187,29 @@ def evaluate_grid(
     each model is fit on the rest and judged on its top-10 for the users with a
     relevant holdout item, completed training items excluded. Users the model
     cannot score get popularity, as in production, for the model and the baseline.
+    `weights` are the keyword arguments of `implicit_feedback` (features.weights).
     """
     timings = Timings() if timings is None else timings
     newest = sessions.agg(F.max("session_end")).head()[0]
     cut = newest - timedelta(days=holdout_days)
     train, test = split_sessions(sessions, cut)
-    relevant = relevant_items(train, test).cache()
+    relevant = relevant_items(train, test, relevant_watch_ms).cache()
     eval_users = relevant.select("user_id").distinct().cache()
     exclude = ix.completed_pairs(train).cache()
     train_popularity = ix.item_popularity(
-        actions.filter(F.col("event_time") < F.lit(cut)), train, popularity_days
+        actions.filter(F.col("event_time") < F.lit(cut)), train, popularity_days, trending_prior
     )
-    interactions = ix.implicit_feedback(train)
+    interactions = ix.implicit_feedback(train, **weights)
     users, items, ratings = _indexed(interactions)
     popular = None
     try:
         with timings.phase("holdout_prepare"):
             n_items = items.count()
             n = _candidates(
-                exclude.join(eval_users, on="user_id", how="inner"), EVAL_K, max(n_items, 1)
+                exclude.join(eval_users, on="user_id", how="inner"),
+                EVAL_K,
+                max(n_items, 1),
+                max_extra_candidates,
             )
             popular = ix.popular_items(train_popularity, n).cache()
             can_fit = eval_users.count() > 0 and ratings.count() > 0
@@ -221,7 +224,7 @@ def evaluate_grid(
                 results.append({**params.as_dict(), **dict.fromkeys(METRICS)})
                 continue
             with timings.phase(f"holdout_fit_{i}"):
-                model = fit(ratings, params, max_iter, seed)
+                model = fit(ratings, params, max_iter, seed, blocks)
             with timings.phase(f"holdout_score_{i}"):
                 # Cached: the blend reads the scores twice (candidates and counts).
                 scores = top_scores(model, eval_users, users, items, n).cache()
@@ -285,8 +288,12 @@ def run(
         evaluation = evaluate_grid(
             spark, sessions, actions, grid, feats.als.max_iter, feats.seed,
             feats.holdout_days, feats.popularity_days, timings,
+            blocks=feats.als.blocks, weights=feats.weights.model_dump(),
+            trending_prior=feats.trending_prior, relevant_watch_ms=feats.relevant_watch_ms,
+            max_extra_candidates=feats.max_extra_candidates,
         )  # fmt: skip
         best = best_params(grid, evaluation["grid"])
+        w = feats.weights
         config = {
             "params": best.as_dict(),
             "grid": [p.as_dict() for p in grid],
@@ -295,10 +302,11 @@ def run(
             "top_k": feats.top_k,
             "holdout_days": feats.holdout_days,
             "popularity_days": feats.popularity_days,
-            "blocks": ALS_BLOCKS,
-            "relevant_watch_ms": RELEVANT_WATCH_MS,
-            "weights": [ix.PLAY_WEIGHT, ix.COMPLETE_BONUS, ix.SKIP_PENALTY,
-                        ix.WATCH_HOUR_WEIGHT, ix.WATCH_CAP_HOURS, ix.TRENDING_PRIOR],
+            "blocks": feats.als.blocks,
+            "relevant_watch_ms": feats.relevant_watch_ms,
+            "weights": [w.play, w.complete, w.skip, w.watch_hour, w.watch_cap_hours,
+                        feats.trending_prior],
+            "max_extra_candidates": feats.max_extra_candidates,
         }  # fmt: skip
         version = model_version(versions, config)
         written = _final(spark, settings, sessions, actions, best, version, trained_at, timings)
@@ -339,17 +347,19 @@ def _final(
     """Refit on all sessions with `params`; write recommendations and popularity."""
     feats = settings.features
     exclude = ix.completed_pairs(sessions).cache()
-    popularity = ix.item_popularity(actions, sessions, feats.popularity_days).cache()
+    popularity = ix.item_popularity(
+        actions, sessions, feats.popularity_days, feats.trending_prior
+    ).cache()
     users_all = sessions.select("user_id").unionByName(actions.select("user_id")).distinct()
-    interactions = ix.implicit_feedback(sessions)
+    interactions = ix.implicit_feedback(sessions, **feats.weights.model_dump())
     users, items, ratings = _indexed(interactions)
     scores = None
     try:
         with timings.phase("final_prepare"):
             n_items = items.count()
-            n = _candidates(exclude, feats.top_k, n_items)
+            n = _candidates(exclude, feats.top_k, n_items, feats.max_extra_candidates)
         with timings.phase("final_fit"):
-            model = fit(ratings, params, feats.als.max_iter, feats.seed)
+            model = fit(ratings, params, feats.als.max_iter, feats.seed, feats.als.blocks)
         lake = settings.lakehouse
         with timings.phase("final_recommend"):
             scores = top_scores(model, users_all, users, items, n).cache()

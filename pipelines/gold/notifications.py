@@ -52,9 +52,6 @@ UPLOADS_TABLE = "content_uploads"
 COMPLETED = "completed"
 REASON = "new upload from a creator you watch"
 EVENT_TYPE = "notification"
-# Kafka delivery must be confirmed before the MERGE; a broker that stays away this long
-# fails the batch, which Spark then retries from the checkpoint.
-SEND_TIMEOUT_S = 120  # TODO(conf): notifications.send_timeout_s
 
 SCHEMA = T.StructType([
     T.StructField("notification_id", T.StringType(), False),
@@ -168,17 +165,22 @@ def to_messages(notifications: DataFrame) -> DataFrame:
     return notifications.select(F.col("user_id").alias("key"), value.alias("value"))
 
 
-def publish(bootstrap: str, topic: str, messages: list[tuple[str, str]]) -> None:
-    """Send (key, value) pairs and return only once the broker has acknowledged all."""
+def publish(
+    bootstrap: str, topic: str, messages: list[tuple[str, str]], timeout_s: float
+) -> None:
+    """Send (key, value) pairs and return only once the broker has acknowledged all.
+
+    Delivery must be confirmed before the MERGE: a broker that stays away `timeout_s`
+    fails the batch, which Spark then retries from the checkpoint."""
     producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=20)
     try:
         futures = [
             producer.send(topic, key=key.encode("utf-8"), value=value.encode("utf-8"))
             for key, value in messages
         ]
-        producer.flush(timeout=SEND_TIMEOUT_S)
+        producer.flush(timeout=timeout_s)
         for future in futures:
-            future.get(timeout=SEND_TIMEOUT_S)  # raises the send's error, failing the batch
+            future.get(timeout=timeout_s)  # raises the send's error, failing the batch
     finally:
         producer.close()
 
@@ -194,6 +196,7 @@ class NotificationSink:
     topic: str
     fan_min_days: int
     max_per_day: int
+    send_timeout_s: float
 
     @classmethod
     def from_settings(cls, settings: Settings) -> NotificationSink:
@@ -206,6 +209,7 @@ class NotificationSink:
             topic=settings.kafka.topics["notifications"].name,
             fan_min_days=settings.notifications.fan_min_days,
             max_per_day=settings.notifications.max_per_user_per_day,
+            send_timeout_s=settings.notifications.send_timeout_s,
         )
 
     def __call__(self, uploads: DataFrame, batch_id: int) -> None:
@@ -228,7 +232,12 @@ class NotificationSink:
         )
         if not messages:
             return
-        publish(self.bootstrap, self.topic, [(m["key"], m["value"]) for m in messages])
+        publish(
+            self.bootstrap,
+            self.topic,
+            [(m["key"], m["value"]) for m in messages],
+            self.send_timeout_s,
+        )
         merge_insert_new(target, new, ["notification_id"])
 
 

@@ -305,7 +305,7 @@ def maintain(
     backoff_s: float = RETRY_BACKOFF_S,
 ) -> list[dict[str, Any]]:
     """OPTIMIZE (then, with `vacuum`, VACUUM) every existing catalog table; log each
-    action to ops.maintenance_log (written after each table) and return the rows
+    action to ops.maintenance_log and return the rows
     (`started_at` a UTC-aware datetime, so Spark stores the right instant whatever the
     machine's time zone).
     A failing table is a `failed` row, never an exception.
@@ -317,27 +317,32 @@ def maintain(
     rows: list[dict[str, Any]] = []
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
-        task = bar.add_task("maintain", total=len(tables) * (2 if vacuum else 1))
-        for table in tables:
-            path = table.path(settings)
-            bar.update(task, description=f"optimize {table.name}")
-            with session_conf(spark, max_file):
-                done = [_run_action(
-                    table.name, OPTIMIZE,
-                    lambda t=table, p=path: optimize_table(spark, t, p, zorder_min_bytes),
-                    retries, backoff_s,
-                )]
-            bar.advance(task)
-            if vacuum:
-                bar.update(task, description=f"vacuum {table.name}")
-                done.append(_run_action(
-                    table.name, VACUUM, lambda p=path: vacuum_table(spark, p, retention),
-                    retries, backoff_s,
-                ))
+    # The log is written once, at the end (or on the way out of an interrupted run):
+    # a MERGE per table would cost a few seconds each for no gain, since every OPTIMIZE
+    # and VACUUM is also in its table's Delta history.
+    try:
+        with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
+            task = bar.add_task("maintain", total=len(tables) * (2 if vacuum else 1))
+            for table in tables:
+                path = table.path(settings)
+                bar.update(task, description=f"optimize {table.name}")
+                with session_conf(spark, max_file):
+                    rows.append(_run_action(
+                        table.name, OPTIMIZE,
+                        lambda t=table, p=path: optimize_table(spark, t, p, zorder_min_bytes),
+                        retries, backoff_s,
+                    ))
                 bar.advance(task)
-            for row in done:
-                row["run_id"] = run_id
-            _write_log(spark, settings, done)
-            rows.extend(done)
+                if vacuum:
+                    bar.update(task, description=f"vacuum {table.name}")
+                    rows.append(_run_action(
+                        table.name, VACUUM, lambda p=path: vacuum_table(spark, p, retention),
+                        retries, backoff_s,
+                    ))
+                    bar.advance(task)
+    finally:
+        for row in rows:
+            row["run_id"] = run_id
+        if rows:
+            _write_log(spark, settings, rows)
     return rows

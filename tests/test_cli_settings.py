@@ -1,0 +1,78 @@
+"""Settings and command-line behaviour that needs no JVM: overrides, clear errors, exit codes."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pipelines.cli import app
+from pipelines.settings import SettingsError, load_settings
+
+runner = CliRunner()
+
+
+def test_env_overrides_and_aliases() -> None:
+    s = load_settings(env={"LAKEHOUSE_ROOT": "/data/lake", "LAKEHOUSE_KAFKA_BOOTSTRAP": "k:1",
+                           "LAKEHOUSE_GOLD__WATERMARK": "1 hour",
+                           "LAKEHOUSE_SPARK__SHUFFLE_PARTITIONS": "7"})
+    assert (s.lakehouse.root, s.kafka.bootstrap, s.gold.watermark, s.spark.shuffle_partitions) == (
+        "/data/lake", "k:1", "1 hour", 7)
+    assert s.lakehouse.table_path("silver", "quarantine") == "/data/lake/silver/quarantine"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"LAKEHOUSE_GOLD__WATERMRK": "1 hour"}, "override gold.watermrk: unknown key 'watermrk'"),
+        ({"LAKEHOUSE_SPARK__SHUFFLE_PARTITIONS": "0"}, "spark.shuffle_partitions: Input should "
+                                                        "be greater than or equal to 1"),
+        ({"LAKEHOUSE_TYPO": "x"}, "environment variable LAKEHOUSE_TYPO"),
+    ],
+)
+def test_bad_settings_name_the_key(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError, match=message.replace(".", r"\.")):
+        load_settings(env=env)
+
+
+def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:
+    conf = tmp_path / "bad.yaml"
+    text = (Path(__file__).parent.parent / "conf" / "local.yaml").read_text()
+    conf.write_text(text.replace("  window: 5 minutes", "  windw: 5 minutes"))
+    with pytest.raises(SettingsError, match="gold.windw: Extra inputs are not permitted"):
+        load_settings(conf, env={})
+
+
+def test_cli_user_error_is_one_line_exit_1(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["up", "--conf", str(tmp_path / "missing.yaml")])
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        f"lakehouse: error: config file not found: {tmp_path / 'missing.yaml'}"]
+
+
+def test_cli_rejects_unknown_layer() -> None:
+    result = runner.invoke(app, ["stream", "--layers", "bronze,platinum"])
+    assert result.exit_code == 1
+    assert "unknown layer(s) ['platinum']" in result.stderr
+
+
+def _schema(tmp_path: Path, name: str, body: dict) -> Path:
+    path = tmp_path / name
+    path.write_text(json.dumps(body))
+    return path
+
+
+def test_schemas_check_exit_codes(tmp_path: Path) -> None:
+    base = {"type": "object", "properties": {"a": {"type": "string"}, "b": {"type": "integer"}},
+            "required": ["a"]}
+    old = _schema(tmp_path, "v1.json", base)
+    added = _schema(tmp_path, "added.json", {**base, "properties": {
+        **base["properties"], "c": {"type": "string"}}})
+    removed = _schema(tmp_path, "removed.json", {**base, "properties": {"a": {"type": "string"}}})
+    assert runner.invoke(app, ["schemas", "check", str(old), str(added)]).exit_code == 0
+    breaking = runner.invoke(app, ["schemas", "check", str(old), str(removed)])
+    assert breaking.exit_code == 1
+    assert "field_removed" in breaking.stdout
+    assert runner.invoke(app, ["schemas", "check", "--all"]).exit_code == 0
