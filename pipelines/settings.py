@@ -250,7 +250,9 @@ def load_settings(path: str | Path | None = None, env: dict[str, str] | None = N
     try:
         return Settings.model_validate(tree)
     except ValidationError as exc:
-        first = exc.errors()[0]
+        # A misspelt key shows up twice: as an unknown key and as a missing one.
+        # The unknown one names what the user typed, so it goes first.
+        first = sorted(exc.errors(), key=lambda e: e["type"] != "extra_forbidden")[0]
         where = ".".join(str(p) for p in first["loc"])
         more = f" (and {exc.error_count() - 1} more)" if exc.error_count() > 1 else ""
         raise SettingsError(f"{conf_path}: {where}: {first['msg']}{more}") from exc
