@@ -6,7 +6,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
-from pipelines.io.delta import delta_append_stream
+from pipelines.io.delta import delta_append_stream, start_with_trigger
 from pipelines.io.kafka_source import read_kafka_stream
 from pipelines.settings import Settings
 
@@ -49,9 +49,4 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
         settings.lakehouse.checkpoint(QUERY_NAME),
         partition_by=["ingest_date"],
     ).queryName(QUERY_NAME)
-    writer = (
-        writer.trigger(availableNow=True)
-        if available_now
-        else writer.trigger(processingTime=settings.streaming.trigger)
-    )
-    return [writer.start()]
+    return [start_with_trigger(writer, available_now, settings.streaming.trigger)]

@@ -36,7 +36,7 @@ from pipelines.gold.transforms import (
     watch_read_dates,
     window_start,
 )
-from pipelines.io.delta import ensure_table, merge_insert_new, read_delta_stream
+from pipelines.io.delta import ensure_table, merge_insert_new, read_delta_stream, start_with_trigger
 from pipelines.settings import Settings
 from pipelines.silver.tables import silver_schema
 
@@ -306,9 +306,4 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
         .option("checkpointLocation", settings.lakehouse.checkpoint(QUERY_NAME))
         .foreachBatch(partial(process_batch, conf=conf))
     )
-    writer = (
-        writer.trigger(availableNow=True)
-        if available_now
-        else writer.trigger(processingTime=settings.streaming.trigger)
-    )
-    return [writer.start()]
+    return [start_with_trigger(writer, available_now, settings.streaming.trigger)]

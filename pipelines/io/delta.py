@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
-from pyspark.sql.streaming import DataStreamWriter
+from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
 
 
 def table_exists(spark: SparkSession, path: str) -> bool:
@@ -46,6 +46,16 @@ def delta_append_stream(
     if partition_by:
         writer = writer.partitionBy(*partition_by)
     return writer.option("path", path)
+
+
+def start_with_trigger(
+    writer: DataStreamWriter, available_now: bool, interval: str
+) -> StreamingQuery:
+    """Start a query that drains what is there and stops (`available_now`), or one
+    that runs on a processing-time trigger of `interval`."""
+    if available_now:
+        return writer.trigger(availableNow=True).start()
+    return writer.trigger(processingTime=interval).start()
 
 
 def merge_insert_new(

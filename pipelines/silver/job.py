@@ -19,7 +19,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
-from pipelines.io.delta import ensure_table, merge_insert_new, read_delta_stream
+from pipelines.io.delta import ensure_table, merge_insert_new, read_delta_stream, start_with_trigger
 from pipelines.settings import Settings
 from pipelines.silver.tables import (
     LAYER,
@@ -150,9 +150,4 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
         .foreachBatch(lambda df, batch_id: process_batch(df, batch_id, settings))
         .option("checkpointLocation", settings.lakehouse.checkpoint(QUERY_NAME))
     )
-    writer = (
-        writer.trigger(availableNow=True)
-        if available_now
-        else writer.trigger(processingTime=settings.streaming.trigger)
-    )
-    return [writer.start()]
+    return [start_with_trigger(writer, available_now, settings.streaming.trigger)]
