@@ -41,7 +41,7 @@ def pipeline_run(request, kafka, broker_env, tmp_path_factory):  # noqa: ANN001,
         "LAKEHOUSE_SIMULATE__MANIFEST_DIR": str(root / "manifests"),
         # Several micro-batches per layer, so the gold watermark moves and
         # events arriving after it has passed them are really late.
-        "LAKEHOUSE_STREAMING__MAX_OFFSETS_PER_TRIGGER": "50000",
+        "LAKEHOUSE_STREAMING__MAX_OFFSETS_PER_TRIGGER": "25000",
         "LAKEHOUSE_STREAMING__MAX_FILES_PER_TRIGGER": "12",
     }
     for kind in ("user_actions", "content_uploads", "system_events", "notifications"):

@@ -113,7 +113,7 @@ def test_conflicts_are_retried_with_backoff_then_reported() -> None:
     assert sleeps == [1, 2]
 
 
-def test_maintain_compacts_every_table_and_logs_each_action(spark, lake, monkeypatch) -> None:
+def test_maintain_compacts_vacuums_and_logs_each_action(spark, lake, monkeypatch) -> None:
     settings = lake.settings
     actions = BY_NAME["silver.user_actions"].path(settings)
     broken = BY_NAME["features.item_popularity"].path(settings)
@@ -133,6 +133,7 @@ def test_maintain_compacts_every_table_and_logs_each_action(spark, lake, monkeyp
     monkeypatch.setattr(maintenance, "optimize_table", optimize_or_fail)
     # zorder_min_bytes=0: user_actions (which has a Z-order hint) is Z-ordered.
     rows = maintain(spark, settings, vacuum=True, progress=False, zorder_min_bytes=0)
+    monkeypatch.undo()
 
     assert _num_files(spark, actions) == 2  # one file per event_date partition
     assertDataFrameEqual(spark.read.format("delta").load(actions),
@@ -157,30 +158,26 @@ def test_maintain_compacts_every_table_and_logs_each_action(spark, lake, monkeyp
     assert sorted(summary(r) for r in logged.collect()) == sorted(expected)
     assert {r["run_id"] for r in logged.collect()} == {rows[0]["run_id"]}
 
-
-def test_vacuum_below_safety_check_deletes_old_files_and_restores_the_check(spark, lake) -> None:
-    settings = _with_retention(lake.settings, 0)
-    path = BY_NAME["gold.daily_active_users"].path(settings)
-    rows = _append_small_files(spark, path, 5, partitioned=False)
-    assert _num_files(spark, path) == 5
+    # Retention 0 h, below Delta's safety check: the compacted-away files go.
     check = "spark.databricks.delta.retentionDurationCheck.enabled"
     check_before = spark.conf.get(check, None)
-
     started = time.monotonic()
-    log = maintain(spark, settings, vacuum=True, progress=False)
+    again = maintain(spark, _with_retention(settings, 0), vacuum=True, progress=False,
+                     only=["silver.user_actions"])
     took = time.monotonic() - started
-
-    # VACUUM counts every file it deletes: the 5 parquet files and, on a local
-    # filesystem, the 5 Hadoop .crc checksums beside them.
-    assert [(r["operation"], r["status"], r["files_added"], r["files_removed"]) for r in log] == [
-        ("optimize", "ok", 1, 5), ("vacuum", "ok", 0, 10)]
-    assert "below Delta's 168h safety check" in log[1]["note"]
-    assert log[1]["bytes_after"] < log[1]["bytes_before"]
-    assert _num_files(spark, path) == 1
-    assert _parquet_on_disk(path) == 1
+    # VACUUM counts every file it deletes: 10 parquet files and, on a local
+    # filesystem, the 10 Hadoop .crc checksums beside them.
+    assert [summary(r) for r in again] == [
+        ("silver.user_actions", "optimize", "ok", 0, 0),
+        ("silver.user_actions", "vacuum", "ok", 0, 20),
+    ]
+    assert "below Delta's 168h safety check" in again[1]["note"]
+    assert again[1]["bytes_after"] < again[1]["bytes_before"]
+    assert _parquet_on_disk(actions) == 2
     assert spark.conf.get(check, None) == check_before
-    assertDataFrameEqual(spark.read.format("delta").load(path),
-                         spark.createDataFrame(rows, SCHEMA))
+    assertDataFrameEqual(spark.read.format("delta").load(actions),
+                         spark.createDataFrame(action_rows, SCHEMA))
+    assert _log(spark, settings).count() == 6
     # VACUUM's listing parallelism is capped (Spark's default of 10000 tasks takes ~1 min).
     assert took < 30, took
 
@@ -191,7 +188,7 @@ def test_maintain_beside_a_running_stream(spark, lake) -> None:
     settings = lake.settings
     source = BY_NAME["bronze.events"].path(settings)
     target = BY_NAME["silver.system_events"].path(settings)
-    _append_small_files(spark, source, 4, partitioned=True)
+    _append_small_files(spark, source, 3, partitioned=True)
     upstream = downstream = None
     feeder_errors: list[BaseException] = []
     try:
@@ -234,9 +231,9 @@ def test_maintain_beside_a_running_stream(spark, lake) -> None:
         assert downstream.isActive and downstream.exception() is None
         assert [(r["table"], r["operation"], r["status"]) for r in log] == [
             ("bronze.events", "optimize", "ok"), ("silver.system_events", "optimize", "ok")]
-        assert log[0]["files_removed"] >= 8  # the 4 initial appends x 2 partitions
+        assert log[0]["files_removed"] >= 6  # the 3 initial appends x 2 partitions
         expected = spark.read.format("delta").load(source)
-        assert expected.count() == 12
+        assert expected.count() == 10
         assertDataFrameEqual(spark.read.format("delta").load(target), expected)
         # The downstream reader got every row exactly once: OPTIMIZE's rewritten files
         # (dataChange=false) were not delivered again.

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -303,15 +303,17 @@ def maintain(
     zorder_min_bytes: int = ZORDER_MIN_BYTES,
     retries: int = CONFLICT_RETRIES,
     backoff_s: float = RETRY_BACKOFF_S,
+    only: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """OPTIMIZE (then, with `vacuum`, VACUUM) every existing catalog table; log each
     action to ops.maintenance_log and return the rows
     (`started_at` a UTC-aware datetime, so Spark stores the right instant whatever the
     machine's time zone).
-    A failing table is a `failed` row, never an exception.
+    A failing table is a `failed` row, never an exception. `only`: restrict the run to
+    these table names ("silver.user_actions").
     """
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    tables = list(existing_tables(spark, settings))
+    tables = [t for t in existing_tables(spark, settings) if only is None or t.name in only]
     retention = settings.maintenance.vacuum_retention_hours
     max_file = {_MAX_FILE_SIZE: str(settings.maintenance.target_file_mb * 1024 * 1024)}
     rows: list[dict[str, Any]] = []
