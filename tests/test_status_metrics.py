@@ -98,6 +98,8 @@ def test_status_tables_accounting_quarantine_and_delta_lag(spark, lake) -> None:
     assert report["accounting"] == [
         {"topic": "A", "bronze": 3, "silver": 2, "quarantine": 1, "balanced": True},
         {"topic": "B", "bronze": 2, "silver": 0, "quarantine": 1, "balanced": False},
+        # Silver rows whose topic bronze never saw are an imbalance too, and are listed.
+        {"topic": "C", "bronze": 0, "silver": 5, "quarantine": 0, "balanced": False},
     ]
     assert report["quarantine"] == {"duplicate": 1, "invalid_json": 1}
 
@@ -149,6 +151,7 @@ def test_status_tables_accounting_quarantine_and_delta_lag(spark, lake) -> None:
         ("lakehouse_stream_lag_known", (("query", "gold_health"),)): 1,
         ("lakehouse_accounting_balanced", (("topic", "A"),)): 1,
         ("lakehouse_accounting_balanced", (("topic", "B"),)): 0,
+        ("lakehouse_accounting_balanced", (("topic", "C"),)): 0,
         ("lakehouse_quarantine_rows", (("error_code", "duplicate"),)): 1,
         ("lakehouse_quarantine_rows", (("error_code", "invalid_json"),)): 1,
     }

@@ -126,8 +126,10 @@ def kafka_offsets(
                 bootstrap_servers=bootstrap,
                 client_id="lakehouse-status",
                 enable_auto_commit=False,
+                # Asking about a topic must never create it.
+                allow_auto_create_topics=False,
                 request_timeout_ms=int(timeout_s * 1000),
-                api_version_auto_timeout_ms=int(timeout_s * 1000),
+                bootstrap_timeout_ms=int(timeout_s * 1000),
             )
             try:
                 parts = [
