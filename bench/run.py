@@ -108,16 +108,33 @@ def _drain(spark, settings, layers: list[str]) -> float:  # noqa: ANN001
     return time.monotonic() - started
 
 
-def bench_ingest(records: int) -> None:
+def _in_topics(settings) -> int:  # noqa: ANN001
+    from kafka import KafkaConsumer, TopicPartition
+
+    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap)
+    parts = [TopicPartition(t, p) for t in settings.kafka.source_topics
+             for p in consumer.partitions_for_topic(t) or ()]
+    total = sum(consumer.end_offsets(parts).values())
+    consumer.close()
+    return total
+
+
+def bench_ingest(records: int, reuse: bool = False) -> None:
     """Bronze ingest rate for `records` simulated records (~200-300 bytes), silver's
-    rate alone, then both layers side by side on a second, equal load."""
-    from pipelines.kafka.embedded import ensure_topics, status
+    rate alone, then both layers side by side on a second, equal load. With `reuse`,
+    whatever an earlier run left in the bench topics is ingested (no simulate, no
+    side-by-side part)."""
+    from pipelines.kafka.embedded import ensure_topics, rss_mb, status
     from pipelines.simulate.producer import simulate
     from pipelines.spark import build_spark
 
     settings = _settings("ingest", {"LAKEHOUSE_STREAMING__MAX_OFFSETS_PER_TRIGGER": "250000"})
     ensure_topics(settings.kafka)
-    manifest = simulate(settings, records, seed=5, progress=False)
+    if reuse:
+        manifest = {"expected": None}
+        records = _in_topics(settings)
+    else:
+        manifest = simulate(settings, records, seed=5, progress=False)
     avg_bytes = _avg_value_bytes(settings)
     started = time.monotonic()
     spark = build_spark(settings.spark)
@@ -134,15 +151,19 @@ def bench_ingest(records: int) -> None:
         "silver_alone_records_per_s": round(records / silver_s),
         "manifest_expected": manifest["expected"],
     }
+    broker_pid = status(settings.kafka)["pid"]
+    alone["peak_rss_mb"] = {
+        "kafka_broker": round(rss_mb(broker_pid)) if broker_pid else None,
+        "spark_driver_jvm": [round(v) for v in _java_children_peak_mb().values()],
+    }
     _save("ingest", alone)  # kept even if the side-by-side part fails
+    if reuse:
+        return
 
     # Side by side: a second load, bronze and silver running concurrently.
     more = simulate(settings, records // 2, seed=6, progress=False)
     both_s = _drain_concurrently(spark, settings)
     total = records + more["total"]
-    from pipelines.kafka.embedded import rss_mb
-
-    broker_pid = status(settings.kafka)["pid"]
     _save("ingest", {
         **alone,
         "side_by_side_records": more["total"],
@@ -301,17 +322,19 @@ def main() -> None:
     parser.add_argument("--only", default="simulate,ingest,freshness")
     parser.add_argument("--fresh-seconds", type=int, default=120)
     parser.add_argument("--fresh-rate", type=int, default=5000)
+    parser.add_argument("--reuse", action="store_true",
+                        help="ingest what the bench topics already hold (no simulate)")
     args = parser.parse_args()
     from pipelines.kafka import embedded
     from pipelines.settings import load_settings
 
-    shutil.rmtree(TMP, ignore_errors=True)
+    shutil.rmtree(TMP, ignore_errors=True)  # the lakehouse only; Kafka topics stay
     print(embedded.up(load_settings().kafka))
     chosen = args.only.split(",")
     if "simulate" in chosen:
         bench_simulate(args.records)
     if "ingest" in chosen:
-        bench_ingest(args.records)
+        bench_ingest(args.records, reuse=args.reuse)
     if "freshness" in chosen:
         bench_freshness(args.fresh_seconds, args.fresh_rate)
 
