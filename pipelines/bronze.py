@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
-from pipelines.io.delta import delta_append_stream, start_with_trigger
+from pipelines.io.delta import delta_append_stream, ensure_table, start_with_trigger
 from pipelines.io.kafka_source import read_kafka_stream
 from pipelines.settings import Settings
 
@@ -39,7 +40,24 @@ def to_bronze(records: DataFrame) -> DataFrame:
     )
 
 
+KAFKA_SOURCE_SCHEMA = T.StructType([
+    T.StructField("key", T.BinaryType()), T.StructField("value", T.BinaryType()),
+    T.StructField("topic", T.StringType()), T.StructField("partition", T.IntegerType()),
+    T.StructField("offset", T.LongType()), T.StructField("timestamp", T.TimestampType()),
+])
+
+
+def ensure_bronze(spark: SparkSession, settings: Settings) -> None:
+    """Create an empty bronze.events if none exists, so that silver can start its
+    stream beside bronze before bronze's first commit."""
+    empty = spark.createDataFrame([], KAFKA_SOURCE_SCHEMA).transform(to_bronze)
+    ensure_table(
+        spark, settings.lakehouse.table_path(LAYER, TABLE), empty, partition_by=["ingest_date"]
+    )
+
+
 def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[StreamingQuery]:
+    ensure_bronze(spark, settings)
     records = read_kafka_stream(
         spark, settings.kafka.bootstrap, settings.kafka.source_topics, settings.streaming
     )

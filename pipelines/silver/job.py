@@ -140,6 +140,9 @@ def process_batch(batch: DataFrame, batch_id: int, settings: Settings) -> None:
 
 
 def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[StreamingQuery]:
+    from pipelines.bronze import ensure_bronze
+
+    ensure_bronze(spark, settings)
     bronze = read_delta_stream(
         spark,
         settings.lakehouse.table_path("bronze", "events"),
