@@ -109,6 +109,9 @@ def process_batch(batch: DataFrame, batch_id: int, settings: Settings) -> None:
     classified = classify_records(
         batch, topic_types, settings.streaming.max_record_bytes
     ).persist()
+    # Duplicate rows stay lazy until the quarantine MERGE at the end; keeping their
+    # inputs cached until then stops Spark from classifying the batch a second time.
+    cached: list[DataFrame] = [classified]
     try:
         rejected = [quarantine_rows(classified)]
         for table in TABLES:
@@ -116,6 +119,7 @@ def process_batch(batch: DataFrame, batch_id: int, settings: Settings) -> None:
             ranked = rank_in_batch(to_events(classified, table.event_type, keep_value=True))
             new, dups = _split_new_and_duplicates(ranked.persist(), target)
             new = new.select(*silver_schema(table.event_type).fieldNames(), "value").persist()
+            cached += [ranked, new]
             expected = new.count()
             if expected:
                 inserted = merge_insert_new(target, new.drop("value"), ["event_id"])
@@ -124,8 +128,6 @@ def process_batch(batch: DataFrame, batch_id: int, settings: Settings) -> None:
                         _duplicates_beyond_lookup(new, target).select(*dups.columns)
                     )
             rejected.append(duplicate_rows(dups))
-            new.unpersist()
-            ranked.unpersist()
         quarantine = ensure_table(
             spark,
             settings.lakehouse.table_path(LAYER, QUARANTINE),
@@ -136,7 +138,8 @@ def process_batch(batch: DataFrame, batch_id: int, settings: Settings) -> None:
             all_rejected = all_rejected.unionByName(more)
         merge_insert_new(quarantine, all_rejected, ["topic", "partition", "offset"])
     finally:
-        classified.unpersist()
+        for frame in cached:
+            frame.unpersist()
 
 
 def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[StreamingQuery]:
