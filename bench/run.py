@@ -16,6 +16,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 import threading
 import time
 import uuid
@@ -252,7 +253,7 @@ def bench_freshness(seconds: int, rate: int) -> None:
     for start in (bronze.start, silver_job.start, engagement.start):
         queries += start(spark, settings, False)
     load = subprocess.Popen(
-        [shutil.which("lakehouse") or "lakehouse", "simulate", "--events",
+        [sys.executable, "-m", "pipelines.cli", "simulate", "--events",
          str(seconds * rate), "--rate", str(rate), "--now", "--seed", "9"],
         env={**os.environ, "LAKEHOUSE_ROOT": settings.lakehouse.root,
              **{f"LAKEHOUSE_KAFKA__TOPICS__{k.upper()}__NAME": v.name

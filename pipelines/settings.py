@@ -93,6 +93,10 @@ class StreamingSettings(_Strict):
     max_files_per_trigger: int | None = Field(default=None, ge=1)
     starting_offsets: str
     max_record_bytes: int = Field(ge=64)
+    # A micro-batch that loses a Delta commit conflict (e.g. to `lakehouse maintain`)
+    # runs again, after conflict_backoff_s, then twice that, ...; its writes are idempotent.
+    conflict_retries: int = Field(ge=0)
+    conflict_backoff_s: float = Field(ge=0)
 
 
 class GoldSettings(_Strict):
@@ -165,6 +169,9 @@ class SimulateSettings(_Strict):
 class MaintenanceSettings(_Strict):
     vacuum_retention_hours: int = Field(ge=0)
     target_file_mb: int = Field(ge=1)
+    zorder_min_mb: int = Field(ge=0)
+    conflict_retries: int = Field(ge=0)
+    retry_backoff_s: float = Field(ge=0)
 
 
 class MetricsSettings(_Strict):

@@ -13,13 +13,10 @@ from delta.tables import DeltaTable
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
+from pipelines.io.conflicts import ConflictRetriesExhausted, with_conflict_retries
 from pipelines.ops import maintenance
 from pipelines.ops.catalog import BY_NAME, TABLES, existing_tables
-from pipelines.ops.maintenance import (
-    ConflictRetriesExhausted,
-    maintain,
-    with_conflict_retries,
-)
+from pipelines.ops.maintenance import maintain
 
 D1, D2 = date(2026, 11, 1), date(2026, 11, 2)
 SCHEMA = "user_id string, media_id string, event_date date"

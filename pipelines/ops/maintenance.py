@@ -30,19 +30,8 @@ import uuid
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
-import delta.exceptions.captured  # noqa: F401 - maps Delta's JVM conflict errors to Python classes
-from delta.exceptions import (
-    ConcurrentAppendException,
-    ConcurrentDeleteDeleteException,
-    ConcurrentDeleteReadException,
-    ConcurrentTransactionException,
-    ConcurrentWriteException,
-    DeltaConcurrentModificationException,
-    MetadataChangedException,
-    ProtocolChangedException,
-)
 from delta.tables import DeltaTable
 from pyspark.sql import SparkSession
 from pyspark.sql import types as T
@@ -56,6 +45,7 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from pipelines.io.conflicts import ConflictRetriesExhausted, one_line, with_conflict_retries
 from pipelines.io.delta import ensure_table, merge_insert_new
 from pipelines.ops.catalog import CatalogTable, existing_tables
 from pipelines.settings import Settings
@@ -66,28 +56,12 @@ OK, FAILED = "ok", "failed"
 
 # Delta's default delta.deletedFileRetentionDuration; VACUUM refuses less unless told.
 DELTA_SAFE_RETENTION_HOURS = 168
-# Z-ordering rewrites every file of the table (of each partition), not only the small
-# ones: worth it only once data skipping pays for that.
-ZORDER_MIN_BYTES = 1 << 30  # TODO(conf): maintenance.zorder_min_mb (1024)
-CONFLICT_RETRIES = 3  # TODO(conf): maintenance.conflict_retries
-RETRY_BACKOFF_S = 2.0  # TODO(conf): maintenance.retry_backoff_s; doubled per attempt
 
 _RETENTION_CHECK = "spark.databricks.delta.retentionDurationCheck.enabled"
 _MAX_FILE_SIZE = "spark.databricks.delta.optimize.maxFileSize"
 # VACUUM lists the table with this many tasks (Spark default 10000): about a minute of
 # empty tasks per table on a 2-core machine. Capped at a few tasks per core.
 _LISTING_PARALLELISM = "spark.sql.sources.parallelPartitionDiscovery.parallelism"
-
-CONFLICTS: tuple[type[BaseException], ...] = (
-    DeltaConcurrentModificationException,
-    ConcurrentWriteException,
-    MetadataChangedException,
-    ProtocolChangedException,
-    ConcurrentAppendException,
-    ConcurrentDeleteReadException,
-    ConcurrentDeleteDeleteException,
-    ConcurrentTransactionException,
-)
 
 SCHEMA = T.StructType([
     T.StructField("run_id", T.StringType(), False),
@@ -105,41 +79,6 @@ SCHEMA = T.StructType([
     T.StructField("note", T.StringType(), True),
 ])
 
-R = TypeVar("R")
-
-
-class ConflictRetriesExhausted(RuntimeError):
-    """A Delta commit conflict persisted through every retry."""
-
-
-def is_conflict(exc: BaseException) -> bool:
-    # An error that reached Python without Delta's conversion still names its JVM class.
-    return isinstance(exc, CONFLICTS) or "io.delta.exceptions.Concurrent" in str(exc)
-
-
-def with_conflict_retries(
-    action: Callable[[], R],
-    retries: int = CONFLICT_RETRIES,
-    backoff_s: float = RETRY_BACKOFF_S,
-    sleep: Callable[[float], None] = time.sleep,
-) -> tuple[R, int]:
-    """Run `action`, again after a Delta commit conflict (up to `retries` more times,
-    waiting `backoff_s`, then twice that, ...); return (its result, attempts made).
-    Other errors propagate at once."""
-    for attempt in range(1, retries + 2):
-        try:
-            return action(), attempt
-        except Exception as exc:
-            if not is_conflict(exc):
-                raise
-            if attempt > retries:
-                raise ConflictRetriesExhausted(
-                    f"commit conflict after {attempt} attempts: {_one_line(exc)}"
-                ) from exc
-            sleep(backoff_s * 2 ** (attempt - 1))
-    raise AssertionError("unreachable")
-
-
 @contextmanager
 def session_conf(spark: SparkSession, values: dict[str, str]) -> Iterator[None]:
     """Set SQL confs for the duration of a block, then restore what was there.
@@ -156,11 +95,6 @@ def session_conf(spark: SparkSession, values: dict[str, str]) -> Iterator[None]:
                 spark.conf.unset(key)
             else:
                 spark.conf.set(key, value)
-
-
-def _one_line(exc: BaseException, limit: int = 1000) -> str:
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text[:limit]
 
 
 def _detail(spark: SparkSession, path: str) -> dict[str, Any]:
@@ -269,9 +203,9 @@ def _run_action(
         row = {**fields, "status": OK, "error": None}
     except ConflictRetriesExhausted as exc:
         attempts = retries + 1
-        row = {"operation": operation, "status": FAILED, "error": _one_line(exc)}
+        row = {"operation": operation, "status": FAILED, "error": one_line(exc)}
     except Exception as exc:  # one broken table must not stop the run
-        row = {"operation": operation, "status": FAILED, "error": _one_line(exc)}
+        row = {"operation": operation, "status": FAILED, "error": one_line(exc)}
     empty = dict.fromkeys(SCHEMA.fieldNames())
     return {
         **empty,
@@ -291,7 +225,8 @@ def _write_log(spark: SparkSession, settings: Settings, rows: list[dict[str, Any
                                     SCHEMA)
     # Keyed on (run, table, operation): a retried log write adds nothing twice.
     with_conflict_retries(
-        lambda: merge_insert_new(target, updates, ["run_id", "table", "operation"])
+        lambda: merge_insert_new(target, updates, ["run_id", "table", "operation"]),
+        settings.maintenance.conflict_retries, settings.maintenance.retry_backoff_s,
     )
 
 
@@ -300,9 +235,7 @@ def maintain(
     settings: Settings,
     vacuum: bool,
     progress: bool = True,
-    zorder_min_bytes: int = ZORDER_MIN_BYTES,
-    retries: int = CONFLICT_RETRIES,
-    backoff_s: float = RETRY_BACKOFF_S,
+    zorder_min_bytes: int | None = None,
     only: Collection[str] | None = None,
 ) -> list[dict[str, Any]]:
     """OPTIMIZE (then, with `vacuum`, VACUUM) every existing catalog table; log each
@@ -310,8 +243,13 @@ def maintain(
     (`started_at` a UTC-aware datetime, so Spark stores the right instant whatever the
     machine's time zone).
     A failing table is a `failed` row, never an exception. `only`: restrict the run to
-    these table names ("silver.user_actions").
+    these table names ("silver.user_actions"). `zorder_min_bytes` overrides the conf's
+    `maintenance.zorder_min_mb`.
     """
+    conf = settings.maintenance
+    if zorder_min_bytes is None:
+        zorder_min_bytes = conf.zorder_min_mb * 1024 * 1024
+    retries, backoff_s = conf.conflict_retries, conf.retry_backoff_s
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     tables = [t for t in existing_tables(spark, settings) if only is None or t.name in only]
     retention = settings.maintenance.vacuum_retention_hours

@@ -1,25 +1,27 @@
 """Silver job: bronze.events -> silver event tables + silver.quarantine.
 
-Exactly once without streaming state: every write is an insert-only MERGE
-(events keyed on event_id, quarantine on topic/partition/offset), so a
-micro-batch replayed after a crash adds nothing it already added. A record
-is a duplicate only if its event_id is already held by a *different* Kafka
-record; a replayed record finds itself and is skipped.
+Exactly once without streaming state, in few Spark jobs per micro-batch:
+- every table is written with an idempotent append (`txnAppId` = the query id,
+  `txnVersion` = the batch id): a micro-batch replayed after a crash skips the
+  tables it already wrote;
+- a record is new only if no row of the table holds its event_id; a duplicate
+  only if its event_id is held by a *different* Kafka record, so a record found
+  under its own coordinates (a replay under a new checkpoint) is neither;
+- quarantine rows are appended only for (topic, partition, offset) not yet there.
 
-Deduplication has no time horizon: each batch looks up its event ids in the
-event_date partitions it touches (a resend has the same timestamp, hence the
-same partition), and the MERGE itself guards the whole table, so a resend
-days later is still caught.
+Deduplication has no time horizon: the lookup covers the whole table (its
+event_id and coordinate columns only), so a resend days later, or an id reused
+with another timestamp, is still caught.
 """
 
 from __future__ import annotations
 
-from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
-from pipelines.io.delta import ensure_table, merge_insert_new, read_delta_stream, start_with_trigger
+from pipelines.io.conflicts import with_conflict_retries
+from pipelines.io.delta import append_once, ensure_table, read_delta_stream, start_with_trigger
 from pipelines.settings import Settings
 from pipelines.silver.tables import (
     LAYER,
@@ -39,27 +41,24 @@ from pipelines.silver.transforms import (
 
 QUERY_NAME = "silver_events"
 _COORDS = ["source_topic", "source_partition", "source_offset"]
+_QUARANTINE_KEYS = ["topic", "partition", "offset"]
+# Set by Spark on the thread that runs a micro-batch; stable across restarts from the
+# same checkpoint, new for a new checkpoint.
+_QUERY_ID_PROPERTY = "sql.streaming.queryId"
 
 
-def _target(spark: SparkSession, settings: Settings, table: SilverTable) -> DeltaTable:
-    empty = spark.createDataFrame([], silver_schema(table.event_type))
+def _target_path(spark: SparkSession, settings: Settings, table: SilverTable) -> str:
     path = settings.lakehouse.table_path(LAYER, table.table)
-    return ensure_table(spark, path, empty, partition_by=["event_date"])
+    empty = spark.createDataFrame([], silver_schema(table.event_type))
+    ensure_table(spark, path, empty, partition_by=["event_date"])
+    return path
 
 
-def _split_new_and_duplicates(
-    ranked: DataFrame, target: DeltaTable
-) -> tuple[DataFrame, DataFrame]:
-    """(first occurrences not yet in silver, duplicates) of one batch's events.
-
-    Records already in silver under their own coordinates are a replay: neither.
-    """
-    dates = [r[0] for r in ranked.select("event_date").distinct().collect()]
-    held = (
-        target.toDF()
-        .filter(F.col("event_date").isin(dates))
-        .select("event_id", *(F.col(c).alias(f"held_{c}") for c in _COORDS))
-    )
+def _flag(ranked: DataFrame, held: DataFrame) -> DataFrame:
+    """`ranked` (see `rank_in_batch`) plus `_new` and `_duplicate` flags against the
+    rows the table already `held`; `first_*` of a duplicate points at the occurrence
+    kept (the held row if any)."""
+    held = held.select("event_id", *(F.col(c).alias(f"held_{c}") for c in _COORDS))
     joined = ranked.join(held, on="event_id", how="left")
     is_first = (
         (F.col("source_topic") == F.col("first_topic"))
@@ -74,69 +73,59 @@ def _split_new_and_duplicates(
         & (F.col("held_source_offset") == F.col("source_offset")),
         F.lit(False),
     )
-    new = joined.filter(is_first & ~held_any)
-    # Point a duplicate at the occurrence that was kept: the held row if any.
-    dups = joined.filter(~held_self & (~is_first | held_any)).select(
-        *ranked.columns[: -3],
+    return joined.select(
+        *ranked.columns[:-3],
         *(
             F.coalesce(F.col(f"held_{c}"), F.col(f"first_{c.removeprefix('source_')}")).alias(
                 f"first_{c.removeprefix('source_')}"
             )
             for c in _COORDS
         ),
-    )
-    return new, dups
-
-
-def _duplicates_beyond_lookup(inserted: DataFrame, target: DeltaTable) -> DataFrame:
-    """Rows the MERGE refused although the partition lookup found no twin: their
-    event_id is held in another event_date (a producer reused an id with a new
-    timestamp). Rare; found by a lookup over the whole table."""
-    held = target.toDF().select(
-        "event_id", *(F.col(c).alias(f"first_{c.removeprefix('source_')}") for c in _COORDS)
-    )
-    return inserted.join(held, on="event_id", how="inner").filter(
-        (F.col("first_topic") != F.col("source_topic"))
-        | (F.col("first_partition") != F.col("source_partition"))
-        | (F.col("first_offset") != F.col("source_offset"))
+        (is_first & ~held_any).alias("_new"),
+        (~held_self & (~is_first | held_any)).alias("_duplicate"),
     )
 
 
-def process_batch(batch: DataFrame, batch_id: int, settings: Settings) -> None:
-    """One micro-batch of bronze rows -> silver tables and quarantine, idempotently."""
+def process_batch(
+    batch: DataFrame, batch_id: int, settings: Settings, app_id: str | None = None
+) -> None:
+    """One micro-batch of bronze rows -> silver tables and quarantine, idempotently.
+
+    `app_id` names the writer for Delta's idempotent appends; by default the id of
+    the streaming query running the batch.
+    """
     spark = batch.sparkSession
+    if app_id is None:
+        query_id = spark.sparkContext.getLocalProperty(_QUERY_ID_PROPERTY)
+        if not query_id:
+            raise ValueError("process_batch outside a streaming query needs an app_id")
+        app_id = f"{QUERY_NAME}-{query_id}"
     topic_types = {settings.topic(t.table).name: t.event_type for t in TABLES}
     classified = classify_records(
         batch, topic_types, settings.streaming.max_record_bytes
     ).persist()
-    # Duplicate rows stay lazy until the quarantine MERGE at the end; keeping their
-    # inputs cached until then stops Spark from classifying the batch a second time.
     cached: list[DataFrame] = [classified]
     try:
-        rejected = [quarantine_rows(classified)]
+        rejected = quarantine_rows(classified)
         for table in TABLES:
-            target = _target(spark, settings, table)
+            path = _target_path(spark, settings, table)
             ranked = rank_in_batch(to_events(classified, table.event_type, keep_value=True))
-            new, dups = _split_new_and_duplicates(ranked.persist(), target)
-            new = new.select(*silver_schema(table.event_type).fieldNames(), "value").persist()
-            cached += [ranked, new]
-            expected = new.count()
-            if expected:
-                inserted = merge_insert_new(target, new.drop("value"), ["event_id"])
-                if inserted != expected:
-                    dups = dups.unionByName(
-                        _duplicates_beyond_lookup(new, target).select(*dups.columns)
-                    )
-            rejected.append(duplicate_rows(dups))
-        quarantine = ensure_table(
-            spark,
-            settings.lakehouse.table_path(LAYER, QUARANTINE),
-            spark.createDataFrame([], QUARANTINE_SCHEMA),
+            held = spark.read.format("delta").load(path)
+            flagged = _flag(ranked, held).persist()
+            cached.append(flagged)
+            new = flagged.filter("_new").select(*silver_schema(table.event_type).fieldNames())
+            append_once(new, path, app_id, batch_id)
+            dups = flagged.filter("_duplicate").drop("_new", "_duplicate")
+            rejected = rejected.unionByName(duplicate_rows(dups))
+        quarantine = settings.lakehouse.table_path(LAYER, QUARANTINE)
+        ensure_table(spark, quarantine, spark.createDataFrame([], QUARANTINE_SCHEMA))
+        already = spark.read.format("delta").load(quarantine).select(*_QUARANTINE_KEYS)
+        append_once(
+            rejected.join(already, on=_QUARANTINE_KEYS, how="left_anti").select(
+                *QUARANTINE_SCHEMA.fieldNames()
+            ),
+            quarantine, app_id, batch_id,
         )
-        all_rejected = rejected[0]
-        for more in rejected[1:]:
-            all_rejected = all_rejected.unionByName(more)
-        merge_insert_new(quarantine, all_rejected, ["topic", "partition", "offset"])
     finally:
         for frame in cached:
             frame.unpersist()
@@ -153,7 +142,13 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
     )
     writer = (
         bronze.writeStream.queryName(QUERY_NAME)
-        .foreachBatch(lambda df, batch_id: process_batch(df, batch_id, settings))
+        .foreachBatch(
+            lambda df, batch_id: with_conflict_retries(
+                lambda: process_batch(df, batch_id, settings),
+                settings.streaming.conflict_retries,
+                settings.streaming.conflict_backoff_s,
+            )
+        )
         .option("checkpointLocation", settings.lakehouse.checkpoint(QUERY_NAME))
     )
     return [start_with_trigger(writer, available_now, settings.streaming.trigger)]
