@@ -122,9 +122,8 @@ def _in_topics(settings) -> int:  # noqa: ANN001
 
 def bench_ingest(records: int, reuse: bool = False) -> None:
     """Bronze ingest rate for `records` simulated records (~200-300 bytes), silver's
-    rate alone, then both layers side by side on a second, equal load. With `reuse`,
-    whatever an earlier run left in the bench topics is ingested (no simulate, no
-    side-by-side part)."""
+    rate alone, then both layers side by side on a second load of half the size. With
+    `reuse`, the first load is whatever an earlier run left in the bench topics."""
     from pipelines.kafka.embedded import ensure_topics, rss_mb, status
     from pipelines.simulate.producer import simulate
     from pipelines.spark import build_spark
@@ -158,8 +157,6 @@ def bench_ingest(records: int, reuse: bool = False) -> None:
         "spark_driver_jvm": [round(v) for v in _java_children_peak_mb().values()],
     }
     _save("ingest", alone)  # kept even if the side-by-side part fails
-    if reuse:
-        return
 
     # Side by side: a second load, bronze and silver running concurrently.
     more = simulate(settings, records // 2, seed=6, progress=False)

@@ -110,6 +110,33 @@ def test_conflicts_are_retried_with_backoff_then_reported() -> None:
     assert sleeps == [1, 2]
 
 
+def test_stream_batches_run_again_after_a_conflict(monkeypatch) -> None:
+    """The foreachBatch wrapper of every MERGE/append sink: a batch that loses a commit
+    conflict (to OPTIMIZE, say) runs again with the same batch id; other errors fail."""
+    from pipelines.io import conflicts
+
+    sleeps: list[float] = []
+    monkeypatch.setattr(conflicts.time, "sleep", sleeps.append)
+    calls: list[tuple[str, int]] = []
+    outcomes = iter([ConcurrentDeleteReadException("optimize removed a file"), None])
+
+    def process(batch, batch_id: int) -> None:  # noqa: ANN001
+        calls.append((batch, batch_id))
+        if (outcome := next(outcomes)) is not None:
+            raise outcome
+
+    conflicts.retrying_batches(process, retries=3, backoff_s=2)("df", 7)
+    assert calls == [("df", 7), ("df", 7)]
+    assert sleeps == [2]
+
+    def broken(batch, batch_id: int) -> None:  # noqa: ANN001
+        raise ValueError("bad batch")
+
+    with pytest.raises(ValueError, match="bad batch"):
+        conflicts.retrying_batches(broken, retries=3, backoff_s=2)("df", 8)
+    assert sleeps == [2]
+
+
 def test_maintain_compacts_vacuums_and_logs_each_action(spark, lake, monkeypatch) -> None:
     settings = lake.settings
     actions = BY_NAME["silver.user_actions"].path(settings)

@@ -36,6 +36,7 @@ from pipelines.gold.transforms import (
     watch_read_dates,
     window_start,
 )
+from pipelines.io.conflicts import retrying_batches
 from pipelines.io.delta import ensure_table, merge_insert_new, read_delta_stream, start_with_trigger
 from pipelines.settings import Settings
 from pipelines.silver.tables import silver_schema
@@ -304,6 +305,8 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
         read_delta_stream(spark, conf.silver, settings.streaming.max_files_per_trigger)
         .writeStream.queryName(QUERY_NAME)
         .option("checkpointLocation", settings.lakehouse.checkpoint(QUERY_NAME))
-        .foreachBatch(partial(process_batch, conf=conf))
+        .foreachBatch(retrying_batches(partial(process_batch, conf=conf),
+                                       settings.streaming.conflict_retries,
+                                       settings.streaming.conflict_backoff_s))
     )
     return [start_with_trigger(writer, available_now, settings.streaming.trigger)]

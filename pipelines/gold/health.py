@@ -39,6 +39,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
+from pipelines.io.conflicts import retrying_batches
 from pipelines.io.delta import ensure_table, merge_insert_new, read_delta_stream, start_with_trigger
 from pipelines.settings import Settings
 from pipelines.silver.tables import silver_schema
@@ -303,7 +304,8 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
         read_delta_stream(
             spark, sink.source_path, settings.streaming.max_files_per_trigger
         )
-        .writeStream.foreachBatch(sink)
+        .writeStream.foreachBatch(retrying_batches(sink, settings.streaming.conflict_retries,
+                                                    settings.streaming.conflict_backoff_s))
         .option("checkpointLocation", settings.lakehouse.checkpoint(QUERY_NAME))
         .queryName(QUERY_NAME)
     )

@@ -40,6 +40,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
+from pipelines.io.conflicts import retrying_batches
 from pipelines.io.delta import (
     ensure_table,
     merge_insert_new,
@@ -261,7 +262,9 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
     ensure_table(spark, table_path, spark.createDataFrame([], SCHEMA))
     writer = (
         read_delta_stream(spark, uploads_path, settings.streaming.max_files_per_trigger)
-        .writeStream.foreachBatch(NotificationSink.from_settings(settings))
+        .writeStream.foreachBatch(retrying_batches(NotificationSink.from_settings(settings),
+                                                    settings.streaming.conflict_retries,
+                                                    settings.streaming.conflict_backoff_s))
         .option("checkpointLocation", settings.lakehouse.checkpoint(QUERY_NAME))
         .queryName(QUERY_NAME)
     )

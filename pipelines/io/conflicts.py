@@ -24,6 +24,7 @@ from delta.exceptions import (
     MetadataChangedException,
     ProtocolChangedException,
 )
+from pyspark.sql import DataFrame
 
 R = TypeVar("R")
 
@@ -57,7 +58,7 @@ def with_conflict_retries(
     action: Callable[[], R],
     retries: int,
     backoff_s: float,
-    sleep: Callable[[float], None] = time.sleep,
+    sleep: Callable[[float], None] | None = None,
 ) -> tuple[R, int]:
     """Run `action`, again after a Delta commit conflict (up to `retries` more times,
     waiting `backoff_s`, then twice that, ...); return (its result, attempts made).
@@ -72,5 +73,18 @@ def with_conflict_retries(
                 raise ConflictRetriesExhausted(
                     f"commit conflict after {attempt} attempts: {one_line(exc)}"
                 ) from exc
-            sleep(backoff_s * 2 ** (attempt - 1))
+            (sleep or time.sleep)(backoff_s * 2 ** (attempt - 1))
     raise AssertionError("unreachable")
+
+
+def retrying_batches(
+    process: Callable[[DataFrame, int], None], retries: int, backoff_s: float
+) -> Callable[[DataFrame, int], None]:
+    """A foreachBatch function that runs `process` again when the micro-batch loses a
+    Delta commit conflict (to `lakehouse maintain`, say) instead of failing the query.
+    `process` must be idempotent for a batch id, as every sink of this project is."""
+
+    def run(batch: DataFrame, batch_id: int) -> None:
+        with_conflict_retries(lambda: process(batch, batch_id), retries, backoff_s)
+
+    return run

@@ -20,7 +20,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
-from pipelines.io.conflicts import with_conflict_retries
+from pipelines.io.conflicts import retrying_batches
 from pipelines.io.delta import append_once, ensure_table, read_delta_stream, start_with_trigger
 from pipelines.settings import Settings
 from pipelines.silver.tables import (
@@ -142,13 +142,11 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
     )
     writer = (
         bronze.writeStream.queryName(QUERY_NAME)
-        .foreachBatch(
-            lambda df, batch_id: with_conflict_retries(
-                lambda: process_batch(df, batch_id, settings),
-                settings.streaming.conflict_retries,
-                settings.streaming.conflict_backoff_s,
-            )
-        )
+        .foreachBatch(retrying_batches(
+            lambda df, batch_id: process_batch(df, batch_id, settings),
+            settings.streaming.conflict_retries,
+            settings.streaming.conflict_backoff_s,
+        ))
         .option("checkpointLocation", settings.lakehouse.checkpoint(QUERY_NAME))
     )
     return [start_with_trigger(writer, available_now, settings.streaming.trigger)]
