@@ -327,3 +327,14 @@ def test_fastavro_round_trips_generated_events() -> None:
         back["eventId"] = str(back["eventId"])  # the uuid logical type reads back as UUID
         assert back == {k: values.get(k) for k in back}
         assert set(values) <= set(back)
+
+
+@pytest.mark.parametrize("value", [
+    "2026-11-27T12:00:00Z", "2026-11-27T12:00:00.1Z", "2026-11-27T12:00:00.123Z",
+    "2026-11-27T12:00:00.123456Z", "2026-11-27t12:00:00.5z", "2026-11-27T13:00:00+01:00",
+    "2026-11-27T12:00:00.1234567Z", "2026-11-27T00:30:00.25-02:30",
+])
+def test_the_fast_normalisation_agrees_with_the_full_one(value: str) -> None:
+    from pipelines.schemas.registry import _normalize_valid, normalize_timestamp
+
+    assert _normalize_valid(value) == normalize_timestamp(value)

@@ -62,6 +62,19 @@ def parse_date_time(value: str) -> datetime | None:
         return None
 
 
+# A valid date-time already in UTC with `Z` and at most microseconds: normalised by
+# padding the fraction, without parsing it again.
+_UTC_Z = re.compile(r"^(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2})(?:\.(\d{1,6}))?Z$")
+
+
+def _normalize_valid(value: str) -> str:
+    """`normalize_timestamp` of a value the schema check has already accepted."""
+    match = _UTC_Z.match(value)
+    if match is None:
+        return normalize_timestamp(value)
+    return f"{match[1]}.{(match[2] or '').ljust(6, '0')}Z"
+
+
 def is_date_time(value: object) -> bool:
     """Format check for `date-time`; non-strings pass (the `type` keyword catches them)."""
     return not isinstance(value, str) or parse_date_time(value) is not None
@@ -365,5 +378,5 @@ def classify(event_type: str, raw: bytes | str | None, max_bytes: int) -> Verdic
     for field in _date_time_fields(event_type, versions_known[-1]):
         value = event.get(field)
         if isinstance(value, str):
-            event[field] = normalize_timestamp(value)
+            event[field] = _normalize_valid(value)
     return Verdict(event_type, None, None, version, event)

@@ -30,6 +30,9 @@ CLASSIFIED_SCHEMA = T.StructType([
 _TIMESTAMP_FORMAT = "yyyy-MM-dd'T'HH:mm:ss.SSSSSSX"
 
 
+_dumps = json.JSONEncoder(separators=(",", ":")).encode
+
+
 def _classifier(topic_event_types: dict[str, str], max_bytes: int):  # noqa: ANN202
     """The Arrow batch function behind `classify_records`.
 
@@ -43,10 +46,14 @@ def _classifier(topic_event_types: dict[str, str], max_bytes: int):  # noqa: ANN
     def run(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
             cols = batch.to_pydict()
-            out: dict[str, list] = {f.name: [] for f in CLASSIFIED_SCHEMA.fields}
-            for topic, partition, offset, value, utf8 in zip(
-                cols["topic"], cols["partition"], cols["offset"], cols["value"],
-                cols["value_utf8"], strict=True,
+            n = batch.num_rows
+            event_types: list[str | None] = [None] * n
+            codes: list[str | None] = [None] * n
+            details: list[str | None] = [None] * n
+            versions: list[int | None] = [None] * n
+            events: list[str | None] = [None] * n
+            for i, (topic, value, utf8) in enumerate(
+                zip(cols["topic"], cols["value"], cols["value_utf8"], strict=True)
             ):
                 event_type = topic_event_types.get(topic)
                 if event_type is None:
@@ -64,15 +71,19 @@ def _classifier(topic_event_types: dict[str, str], max_bytes: int):  # noqa: ANN
                     code, detail, version = (
                         verdict.error_code, verdict.error_detail, verdict.schema_version
                     )
-                    event_json = json.dumps(verdict.event) if verdict.ok else None
-                for name, item in (
-                    ("topic", topic), ("partition", partition), ("offset", offset),
-                    ("value", value), ("event_type", event_type), ("error_code", code),
-                    ("error_detail", detail), ("schema_version", version),
-                    ("event_json", event_json),
-                ):
-                    out[name].append(item)
-            yield pa.RecordBatch.from_pydict(out, schema=arrow_schema)
+                    event_json = _dumps(verdict.event) if verdict.ok else None
+                event_types[i], codes[i], details[i], versions[i], events[i] = (
+                    event_type, code, detail, version, event_json
+                )
+            yield pa.RecordBatch.from_pydict(
+                {
+                    "topic": cols["topic"], "partition": cols["partition"],
+                    "offset": cols["offset"], "value": cols["value"],
+                    "event_type": event_types, "error_code": codes, "error_detail": details,
+                    "schema_version": versions, "event_json": events,
+                },
+                schema=arrow_schema,
+            )
 
     return run
 
