@@ -67,4 +67,4 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
         settings.lakehouse.checkpoint(QUERY_NAME),
         partition_by=["ingest_date"],
     ).queryName(QUERY_NAME)
-    return [start_with_trigger(writer, available_now, settings.streaming.trigger)]
+    return [start_with_trigger(writer, available_now, settings.streaming.trigger, QUERY_NAME)]

@@ -309,4 +309,4 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
                                        settings.streaming.conflict_retries,
                                        settings.streaming.conflict_backoff_s))
     )
-    return [start_with_trigger(writer, available_now, settings.streaming.trigger)]
+    return [start_with_trigger(writer, available_now, settings.streaming.trigger, QUERY_NAME)]

@@ -268,4 +268,4 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
         .option("checkpointLocation", settings.lakehouse.checkpoint(QUERY_NAME))
         .queryName(QUERY_NAME)
     )
-    return [start_with_trigger(writer, available_now, settings.streaming.trigger)]
+    return [start_with_trigger(writer, available_now, settings.streaming.trigger, QUERY_NAME)]

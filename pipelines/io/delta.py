@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from delta.tables import DeltaTable
+from pyspark import SparkContext
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
+
+_POOL = "spark.scheduler.pool"
 
 
 def table_exists(spark: SparkSession, path: str) -> bool:
@@ -49,13 +52,23 @@ def delta_append_stream(
 
 
 def start_with_trigger(
-    writer: DataStreamWriter, available_now: bool, interval: str
+    writer: DataStreamWriter, available_now: bool, interval: str, pool: str
 ) -> StreamingQuery:
     """Start a query that drains what is there and stops (`available_now`), or one
-    that runs on a processing-time trigger of `interval`."""
-    if available_now:
-        return writer.trigger(availableNow=True).start()
-    return writer.trigger(processingTime=interval).start()
+    that runs on a processing-time trigger of `interval`.
+
+    Its jobs run in the scheduler pool `pool` (the query thread inherits the local
+    property): with `spark.scheduler.mode=FAIR`, queries sharing a driver take turns
+    on the cores instead of queueing behind one another's jobs.
+    """
+    context = SparkContext.getOrCreate()  # the running one
+    context.setLocalProperty(_POOL, pool)
+    try:
+        if available_now:
+            return writer.trigger(availableNow=True).start()
+        return writer.trigger(processingTime=interval).start()
+    finally:
+        context.setLocalProperty(_POOL, None)
 
 
 def append_once(df: DataFrame, path: str, app_id: str, version: int) -> None:
