@@ -171,7 +171,7 @@ class MaintenanceSettings(_Strict):
     target_file_mb: int = Field(ge=1)
     zorder_min_mb: int = Field(ge=0)
     conflict_retries: int = Field(ge=0)
-    retry_backoff_s: float = Field(ge=0)
+    conflict_backoff_s: float = Field(ge=0)
 
 
 class MetricsSettings(_Strict):

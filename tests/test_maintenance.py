@@ -114,6 +114,7 @@ def test_stream_batches_run_again_after_a_conflict(monkeypatch) -> None:
     """The foreachBatch wrapper of every MERGE/append sink: a batch that loses a commit
     conflict (to OPTIMIZE, say) runs again with the same batch id; other errors fail."""
     from pipelines.io import conflicts
+    from pipelines.settings import load_settings
 
     sleeps: list[float] = []
     monkeypatch.setattr(conflicts.time, "sleep", sleeps.append)
@@ -125,7 +126,9 @@ def test_stream_batches_run_again_after_a_conflict(monkeypatch) -> None:
         if (outcome := next(outcomes)) is not None:
             raise outcome
 
-    conflicts.retrying_batches(process, retries=3, backoff_s=2)("df", 7)
+    streaming = load_settings().streaming.model_copy(
+        update={"conflict_retries": 3, "conflict_backoff_s": 2})
+    conflicts.retrying_batches(process, streaming)("df", 7)
     assert calls == [("df", 7), ("df", 7)]
     assert sleeps == [2]
 
@@ -133,7 +136,7 @@ def test_stream_batches_run_again_after_a_conflict(monkeypatch) -> None:
         raise ValueError("bad batch")
 
     with pytest.raises(ValueError, match="bad batch"):
-        conflicts.retrying_batches(broken, retries=3, backoff_s=2)("df", 8)
+        conflicts.retrying_batches(broken, streaming)("df", 8)
     assert sleeps == [2]
 
 

@@ -14,7 +14,7 @@ from deltalake import DeltaTable
 from pyspark.testing import assertDataFrameEqual
 
 from pipelines.schemas.registry import v1_event_id
-from pipelines.silver.job import process_batch
+from pipelines.silver.job import ensure_silver, process_batch
 from pipelines.silver.transforms import classify_records, rank_in_batch, to_events
 
 UA, CU = "media.user-actions", "media.content-uploads"
@@ -86,6 +86,7 @@ def test_process_batch_dedups_across_batches_and_replays(spark, lake) -> None:
     ua = s.topic("user_actions").name
     batch1 = _bronze(spark, [(ua, 0, 1, json.dumps(V1), True), (ua, 0, 2, json.dumps(V1), True),
                              (ua, 0, 3, "nope", True)])
+    ensure_silver(spark, s)
     process_batch(batch1, 0, s, "query-a")
     process_batch(batch1, 0, s, "query-a")  # a replay after a crash: Delta skips the appends
     # The same records under a new checkpoint (another writer id, batch ids from 0):
@@ -115,6 +116,7 @@ def test_process_batch_catches_reused_id_in_another_partition(spark, lake) -> No
     s = lake.settings
     ua = s.topic("user_actions").name
     moved = {**V2, "timestamp": "2026-11-05T09:30:00Z"}
+    ensure_silver(spark, s)
     process_batch(_bronze(spark, [(ua, 0, 1, json.dumps(V2), True)]), 0, s, "query")
     process_batch(_bronze(spark, [(ua, 0, 2, json.dumps(moved), True)]), 1, s, "query")
     quarantine = spark.read.format("delta").load(s.lakehouse.table_path("silver", "quarantine"))

@@ -39,7 +39,7 @@ from pipelines.gold.transforms import (
 from pipelines.io.conflicts import retrying_batches
 from pipelines.io.delta import ensure_table, merge_insert_new, read_delta_stream, start_with_trigger
 from pipelines.settings import Settings
-from pipelines.silver.tables import silver_schema
+from pipelines.silver.tables import ensure_silver_table, silver_schema
 
 QUERY_NAME = "gold_engagement"
 GOLD, OPS = "gold", "ops"
@@ -115,8 +115,7 @@ def ensure_tables(spark: SparkSession, conf: EngagementConf) -> None:
     """Create the gold and ops tables (and an empty silver source) if missing. Gold
     schemas come from the transforms themselves, so they cannot drift."""
     empty_silver = spark.createDataFrame([], silver_schema("user_action"))
-    # The silver job creates this same table; doing it here too lets gold start first.
-    ensure_table(spark, conf.silver, empty_silver, partition_by=["event_date"])
+    ensure_silver_table(spark, conf.silver, "user_action")
     for table, frame in gold_frames(empty_silver, conf).items():
         ensure_table(spark, conf.gold[table], frame)
     ensure_table(spark, conf.progress, spark.createDataFrame([], PROGRESS_SCHEMA))
@@ -305,8 +304,6 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
         read_delta_stream(spark, conf.silver, settings.streaming.max_files_per_trigger)
         .writeStream.queryName(QUERY_NAME)
         .option("checkpointLocation", settings.lakehouse.checkpoint(QUERY_NAME))
-        .foreachBatch(retrying_batches(partial(process_batch, conf=conf),
-                                       settings.streaming.conflict_retries,
-                                       settings.streaming.conflict_backoff_s))
+        .foreachBatch(retrying_batches(partial(process_batch, conf=conf), settings.streaming))
     )
     return [start_with_trigger(writer, available_now, settings.streaming.trigger, QUERY_NAME)]

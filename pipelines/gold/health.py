@@ -42,7 +42,7 @@ from pyspark.sql.streaming import StreamingQuery
 from pipelines.io.conflicts import retrying_batches
 from pipelines.io.delta import ensure_table, merge_insert_new, read_delta_stream, start_with_trigger
 from pipelines.settings import Settings
-from pipelines.silver.tables import silver_schema
+from pipelines.silver.tables import ensure_silver_table
 
 LAYER = "ops"
 HOST_STATUS, SERVICE_MINUTE, ALERTS = "host_status", "service_health_minute", "health_alerts"
@@ -293,19 +293,13 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
     sink = HealthSink.from_settings(settings)
     # Started beside silver, this job may come first: an empty source table lets the
     # stream begin instead of failing on a missing path.
-    ensure_table(
-        spark,
-        sink.source_path,
-        spark.createDataFrame([], silver_schema("system_event")),
-        partition_by=["event_date"],
-    )
+    ensure_silver_table(spark, sink.source_path, "system_event")
     sink.ensure_tables(spark)
     writer = (
         read_delta_stream(
             spark, sink.source_path, settings.streaming.max_files_per_trigger
         )
-        .writeStream.foreachBatch(retrying_batches(sink, settings.streaming.conflict_retries,
-                                                    settings.streaming.conflict_backoff_s))
+        .writeStream.foreachBatch(retrying_batches(sink, settings.streaming))
         .option("checkpointLocation", settings.lakehouse.checkpoint(QUERY_NAME))
         .queryName(QUERY_NAME)
     )

@@ -50,7 +50,7 @@ from pipelines.io.delta import (
 )
 from pipelines.schemas.registry import latest_version
 from pipelines.settings import Settings
-from pipelines.silver.tables import silver_schema
+from pipelines.silver.tables import ensure_silver_table
 
 LAYER, TABLE = "gold", "notifications"
 QUERY_NAME = "gold_notifications"
@@ -252,19 +252,14 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
     uploads_path = settings.lakehouse.table_path("silver", UPLOADS_TABLE)
     # Started beside silver, this job may come first: an empty source table lets the
     # stream begin instead of failing on a missing path.
-    ensure_table(
-        spark,
-        uploads_path,
-        spark.createDataFrame([], silver_schema("content_upload")),
-        partition_by=["event_date"],
-    )
+    ensure_silver_table(spark, uploads_path, "content_upload")
     table_path = settings.lakehouse.table_path(LAYER, TABLE)
     ensure_table(spark, table_path, spark.createDataFrame([], SCHEMA))
     writer = (
         read_delta_stream(spark, uploads_path, settings.streaming.max_files_per_trigger)
-        .writeStream.foreachBatch(retrying_batches(NotificationSink.from_settings(settings),
-                                                    settings.streaming.conflict_retries,
-                                                    settings.streaming.conflict_backoff_s))
+        .writeStream.foreachBatch(
+            retrying_batches(NotificationSink.from_settings(settings), settings.streaming)
+        )
         .option("checkpointLocation", settings.lakehouse.checkpoint(QUERY_NAME))
         .queryName(QUERY_NAME)
     )

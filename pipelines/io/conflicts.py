@@ -26,6 +26,8 @@ from delta.exceptions import (
 )
 from pyspark.sql import DataFrame
 
+from pipelines.settings import StreamingSettings
+
 R = TypeVar("R")
 
 CONFLICTS: tuple[type[BaseException], ...] = (
@@ -78,13 +80,18 @@ def with_conflict_retries(
 
 
 def retrying_batches(
-    process: Callable[[DataFrame, int], None], retries: int, backoff_s: float
+    process: Callable[[DataFrame, int], None], streaming: StreamingSettings
 ) -> Callable[[DataFrame, int], None]:
     """A foreachBatch function that runs `process` again when the micro-batch loses a
-    Delta commit conflict (to `lakehouse maintain`, say) instead of failing the query.
-    `process` must be idempotent for a batch id, as every sink of this project is."""
+    Delta commit conflict (to `lakehouse maintain`, say) instead of failing the query,
+    up to `streaming.conflict_retries` times. `process` must be idempotent for a batch
+    id, as every sink of this project is."""
 
     def run(batch: DataFrame, batch_id: int) -> None:
-        with_conflict_retries(lambda: process(batch, batch_id), retries, backoff_s)
+        with_conflict_retries(
+            lambda: process(batch, batch_id),
+            streaming.conflict_retries,
+            streaming.conflict_backoff_s,
+        )
 
     return run

@@ -226,7 +226,7 @@ def _write_log(spark: SparkSession, settings: Settings, rows: list[dict[str, Any
     # Keyed on (run, table, operation): a retried log write adds nothing twice.
     with_conflict_retries(
         lambda: merge_insert_new(target, updates, ["run_id", "table", "operation"]),
-        settings.maintenance.conflict_retries, settings.maintenance.retry_backoff_s,
+        settings.maintenance.conflict_retries, settings.maintenance.conflict_backoff_s,
     )
 
 
@@ -249,7 +249,7 @@ def maintain(
     conf = settings.maintenance
     if zorder_min_bytes is None:
         zorder_min_bytes = conf.zorder_min_mb * 1024 * 1024
-    retries, backoff_s = conf.conflict_retries, conf.retry_backoff_s
+    retries, backoff_s = conf.conflict_retries, conf.conflict_backoff_s
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     tables = [t for t in existing_tables(spark, settings) if only is None or t.name in only]
     retention = settings.maintenance.vacuum_retention_hours

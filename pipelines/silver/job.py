@@ -28,7 +28,7 @@ from pipelines.silver.tables import (
     QUARANTINE,
     QUARANTINE_SCHEMA,
     TABLES,
-    SilverTable,
+    ensure_silver_table,
     silver_schema,
 )
 from pipelines.silver.transforms import (
@@ -47,11 +47,17 @@ _QUARANTINE_KEYS = ["topic", "partition", "offset"]
 _QUERY_ID_PROPERTY = "sql.streaming.queryId"
 
 
-def _target_path(spark: SparkSession, settings: Settings, table: SilverTable) -> str:
-    path = settings.lakehouse.table_path(LAYER, table.table)
-    empty = spark.createDataFrame([], silver_schema(table.event_type))
-    ensure_table(spark, path, empty, partition_by=["event_date"])
-    return path
+def ensure_silver(spark: SparkSession, settings: Settings) -> None:
+    """Create the silver tables and the quarantine if missing (once, before batches)."""
+    for table in TABLES:
+        ensure_silver_table(
+            spark, settings.lakehouse.table_path(LAYER, table.table), table.event_type
+        )
+    ensure_table(
+        spark,
+        settings.lakehouse.table_path(LAYER, QUARANTINE),
+        spark.createDataFrame([], QUARANTINE_SCHEMA),
+    )
 
 
 def _flag(ranked: DataFrame, held: DataFrame) -> DataFrame:
@@ -89,7 +95,8 @@ def _flag(ranked: DataFrame, held: DataFrame) -> DataFrame:
 def process_batch(
     batch: DataFrame, batch_id: int, settings: Settings, app_id: str | None = None
 ) -> None:
-    """One micro-batch of bronze rows -> silver tables and quarantine, idempotently.
+    """One micro-batch of bronze rows -> silver tables and quarantine (created by
+    `ensure_silver`), idempotently.
 
     `app_id` names the writer for Delta's idempotent appends; by default the id of
     the streaming query running the batch.
@@ -108,7 +115,7 @@ def process_batch(
     try:
         rejected = quarantine_rows(classified)
         for table in TABLES:
-            path = _target_path(spark, settings, table)
+            path = settings.lakehouse.table_path(LAYER, table.table)
             ranked = rank_in_batch(to_events(classified, table.event_type, keep_value=True))
             held = spark.read.format("delta").load(path)
             flagged = _flag(ranked, held).persist()
@@ -118,7 +125,6 @@ def process_batch(
             dups = flagged.filter("_duplicate").drop("_new", "_duplicate")
             rejected = rejected.unionByName(duplicate_rows(dups))
         quarantine = settings.lakehouse.table_path(LAYER, QUARANTINE)
-        ensure_table(spark, quarantine, spark.createDataFrame([], QUARANTINE_SCHEMA))
         already = spark.read.format("delta").load(quarantine).select(*_QUARANTINE_KEYS)
         append_once(
             rejected.join(already, on=_QUARANTINE_KEYS, how="left_anti").select(
@@ -135,6 +141,7 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
     from pipelines.bronze import ensure_bronze
 
     ensure_bronze(spark, settings)
+    ensure_silver(spark, settings)
     bronze = read_delta_stream(
         spark,
         settings.lakehouse.table_path("bronze", "events"),
@@ -143,9 +150,7 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
     writer = (
         bronze.writeStream.queryName(QUERY_NAME)
         .foreachBatch(retrying_batches(
-            lambda df, batch_id: process_batch(df, batch_id, settings),
-            settings.streaming.conflict_retries,
-            settings.streaming.conflict_backoff_s,
+            lambda df, batch_id: process_batch(df, batch_id, settings), settings.streaming
         ))
         .option("checkpointLocation", settings.lakehouse.checkpoint(QUERY_NAME))
     )

@@ -10,8 +10,10 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
+from pipelines.io.delta import ensure_table
 from pipelines.schemas.registry import spark_schema
 
 LAYER = "silver"
@@ -72,3 +74,10 @@ QUARANTINE_SCHEMA = T.StructType([
     T.StructField("error_detail", T.StringType(), False),
     T.StructField("quarantined_at", T.TimestampType(), False),
 ])
+
+
+def ensure_silver_table(spark: SparkSession, path: str, event_type: str) -> None:
+    """Create the empty silver table of `event_type` at `path` if missing: the silver
+    job does it, and so does every gold job reading it, so either may start first."""
+    empty = spark.createDataFrame([], silver_schema(event_type))
+    ensure_table(spark, path, empty, partition_by=["event_date"])
