@@ -110,14 +110,13 @@ def _drain(spark, settings, layers: list[str]) -> float:  # noqa: ANN001
 
 
 def _in_topics(settings) -> int:  # noqa: ANN001
-    from kafka import KafkaConsumer, TopicPartition
+    """Records the source topics hold (end offsets: the bench topics are never trimmed)."""
+    from pipelines.ops.status import kafka_offsets
 
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap)
-    parts = [TopicPartition(t, p) for t in settings.kafka.source_topics
-             for p in consumer.partitions_for_topic(t) or ()]
-    total = sum(consumer.end_offsets(parts).values())
-    consumer.close()
-    return total
+    offsets, reason = kafka_offsets(settings.kafka.bootstrap, settings.kafka.source_topics)
+    if offsets is None:
+        raise RuntimeError(f"cannot read the bench topics' offsets: {reason}")
+    return sum(end for parts in offsets.values() for _, end in parts.values())
 
 
 def bench_ingest(records: int, reuse: bool = False) -> None:
@@ -196,17 +195,12 @@ def _drain_concurrently(spark, settings) -> float:  # noqa: ANN001
     import pyarrow as pa
     import pyarrow.compute as pc
     from deltalake import DeltaTable
-    from kafka import KafkaConsumer
 
     from pipelines import bronze
     from pipelines.silver import job as silver_job
     from pipelines.silver.tables import QUARANTINE, TABLES
-    consumer = KafkaConsumer(bootstrap_servers=settings.kafka.bootstrap)
-    from kafka import TopicPartition
-    parts = [TopicPartition(t, p) for t in settings.kafka.source_topics
-             for p in consumer.partitions_for_topic(t)]
-    target = sum(consumer.end_offsets(parts).values())
-    consumer.close()
+
+    target = _in_topics(settings)
 
     def silver_total() -> int:
         n = 0
@@ -330,7 +324,7 @@ def main() -> None:
     parser.add_argument("--fresh-seconds", type=int, default=120)
     parser.add_argument("--fresh-rate", type=int, default=5000)
     parser.add_argument("--reuse", action="store_true",
-                        help="ingest what the bench topics already hold (no simulate)")
+                        help="first load: what the bench topics already hold (no simulate)")
     args = parser.parse_args()
     from pipelines.kafka import embedded
     from pipelines.settings import load_settings
