@@ -194,6 +194,9 @@ def test_classify_v2_passes_through_with_utc_micros() -> None:
          "timestamp: '2026-11-01T20:00:00' is not a date-time"),
         (v1(timestamp="2026-02-30T20:00:00Z"), "schema_violation",
          "timestamp: '2026-02-30T20:00:00Z' is not a date-time"),
+        # Valid RFC 3339, but before year 1 in UTC: used to crash the classifier.
+        (v1(timestamp="0001-01-01T00:30:00+01:00"), "schema_violation",
+         "timestamp: '0001-01-01T00:30:00+01:00' is not a date-time"),
         (v1(action="seek"), "schema_violation",
          "action: 'seek' is not one of ['play', 'pause', 'skip']"),
         (v1(userId=42), "schema_violation", "userId: expected string, found integer 42"),

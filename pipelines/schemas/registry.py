@@ -57,9 +57,13 @@ def parse_date_time(value: str) -> datetime | None:
     if not _RFC3339.match(value):
         return None
     try:
-        return datetime.fromisoformat(value.upper())
-    except ValueError:  # e.g. month 13, hour 25, leap second
+        parsed = datetime.fromisoformat(value.upper())
+        # Year 1 just after midnight east of UTC, or 9999 just before it west of
+        # UTC, has no UTC time in Python's range.
+        parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # also month 13, hour 25, leap second
         return None
+    return parsed
 
 
 # A valid date-time already in UTC with `Z` and at most microseconds: normalised by

@@ -1,5 +1,8 @@
 """Silver job: bronze.events -> silver event tables + silver.quarantine.
 
+Records are typed by Spark built-ins when certainly valid (`fastpath`); the
+rest go through the Python classifier, which says why a record is bad.
+
 Exactly once without streaming state, in few Spark jobs per micro-batch:
 - every table is written with an idempotent append (`txnAppId` = the query id,
   `txnVersion` = the batch id): a micro-batch replayed after a crash skips the
@@ -23,6 +26,7 @@ from pyspark.sql.streaming import StreamingQuery
 from pipelines.io.conflicts import retrying_batches
 from pipelines.io.delta import append_once, ensure_table, read_delta_stream, start_with_trigger
 from pipelines.settings import Settings
+from pipelines.silver.fastpath import fast_classify, fast_events, suspects
 from pipelines.silver.tables import (
     LAYER,
     QUARANTINE,
@@ -108,15 +112,18 @@ def process_batch(
             raise ValueError("process_batch outside a streaming query needs an app_id")
         app_id = f"{QUERY_NAME}-{query_id}"
     topic_types = {settings.topic(t.table).name: t.event_type for t in TABLES}
-    classified = classify_records(
-        batch, topic_types, settings.streaming.max_record_bytes
-    ).persist()
-    cached: list[DataFrame] = [classified]
+    max_bytes = settings.streaming.max_record_bytes
+    fast = fast_classify(batch, topic_types, max_bytes).persist()
+    classified = classify_records(suspects(fast), topic_types, max_bytes).persist()
+    cached: list[DataFrame] = [fast, classified]
     try:
         rejected = quarantine_rows(classified)
         for table in TABLES:
             path = settings.lakehouse.table_path(LAYER, table.table)
-            ranked = rank_in_batch(to_events(classified, table.event_type, keep_value=True))
+            events = fast_events(fast, table.event_type, keep_value=True).unionByName(
+                to_events(classified, table.event_type, keep_value=True)
+            )
+            ranked = rank_in_batch(events)
             held = spark.read.format("delta").load(path)
             flagged = _flag(ranked, held).persist()
             cached.append(flagged)

@@ -1,0 +1,144 @@
+"""The JVM fast path may only decline: every record it types, the Python classifier
+accepts with the same version and the same silver row."""
+
+from __future__ import annotations
+
+import json
+
+from pyspark.sql import DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+from pyspark.testing import assertDataFrameEqual
+
+from pipelines.settings import load_settings
+from pipelines.silver.fastpath import fast_classify, fast_events, fast_versions, suspects
+from pipelines.silver.transforms import classify_records, to_events
+from pipelines.simulate.generator import generate
+
+UA, CU, SE = "ua", "cu", "se"
+TOPIC_TYPES = {UA: "user_action", CU: "content_upload", SE: "system_event"}
+TOPIC_OF = {v: k for k, v in TOPIC_TYPES.items()}
+MAX_BYTES = 1024
+V2 = {"schemaVersion": 2, "eventId": "0b7e7f43-4a54-4c1f-9d8e-2f3a4b5c6d7e", "userId": "u2",
+      "action": "seek", "timestamp": "2026-11-01T09:30:00.123Z", "mediaId": "m2",
+      "sessionId": "s1", "positionMs": 1500, "device": "tv"}
+V1 = {"userId": "u1", "action": "play", "timestamp": "2026-11-01T10:00:00Z", "mediaId": "m1"}
+CU1 = {"schemaVersion": 1, "eventId": "1b7e7f43-4a54-4c1f-9d8e-2f3a4b5c6d7e", "mediaId": "m9",
+       "creatorId": "c1", "timestamp": "2026-11-01T10:00:00Z", "title": "T", "genre": "drama",
+       "durationMs": 0}
+SE1 = {"schemaVersion": 1, "eventId": "2b7e7f43-4a54-4c1f-9d8e-2f3a4b5c6d7e", "host": "h1",
+       "service": "api", "kind": "server_status", "timestamp": "2026-11-01T10:00:00Z",
+       "status": "up", "cpuPct": 48.6, "memoryPct": 36.6}
+
+
+def _compact(payload: object, **kwargs: object) -> str:
+    return json.dumps(payload, separators=(",", ":"), **kwargs)
+
+
+def _hand_made() -> list[tuple[str, str, bool]]:
+    """(topic, value, value_utf8): edges of every keyword and of the round trip."""
+    ua = [
+        _compact(V2), _compact(V1), json.dumps(V2),  # spaces: declined
+        _compact({k: V2[k] for k in reversed(V2)}),  # another key order: declined
+        _compact({**V2, "sessionId": None}), _compact({**V2, "extra": 1}),
+        _compact(V2)[:-1] + ',"userId":"u3"}',  # a duplicate key
+        _compact({**V2, "userId": "Zoë"}), _compact({**V2, "userId": "Zoë"}, ensure_ascii=False),
+        _compact({**V2, "userId": 'a"b\\c/d\n'}), _compact(V2).replace('"u2"', '"\\u0075\\/2"'),
+        _compact({**V2, "positionMs": 5.0}), _compact({**V2, "positionMs": -1}),
+        _compact({**V2, "positionMs": "5"}), _compact({**V2, "positionMs": 2**70}),
+        _compact({**V2, "positionMs": True}), _compact({**V2, "userId": 7}),
+        _compact({**V2, "userId": {"a": 1}}), _compact({**V2, "userId": ["a"]}),
+        _compact({**V2, "schemaVersion": 2.0}), _compact({**V2, "schemaVersion": "2"}),
+        _compact({**V2, "schemaVersion": 1}), _compact({**V2, "schemaVersion": 3}),
+        _compact({"schemaVersion": 1, **V1}), _compact({**V1, "extra": "x"}),
+        _compact({**V2, "action": "PLAY"}), _compact({**V1, "action": "seek"}),
+        _compact({**V2, "device": "unknown"}), _compact({**V2, "eventId": V2["eventId"].upper()}),
+        _compact({**V2, "eventId": V2["eventId"] + "\n"}), _compact({**V2, "eventId": "nope"}),
+        "null", "[]", "", "{}", "{", '"text"', "1",
+    ]
+    for stamp in ["2026-11-01T09:30:00z", "2026-11-01t09:30:00Z", "2026-11-01T09:30:00+00:00",
+                  "2026-11-01T09:30:00.1234567Z", "2026-11-01T09:30:00.5Z",
+                  "2026-02-30T09:30:00Z", "2026-11-01T24:00:00Z", "2026-11-01T23:59:60Z",
+                  "0000-01-01T00:00:00Z", "0001-01-01T00:00:00Z", "9999-12-31T23:59:59.999999Z",
+                  "2026-11-01T09:30:00Z\n",
+                  "2026-11-01T09:30:00.1+05:30", "2026-11-01T09:30:00-08:00",
+                  "2026-11-01T09:30:00-00:00", "2026-11-01T09:30:00+23:59",
+                  "2026-11-01T09:30:00+24:00", "2026-11-01T09:30:00+05:60",
+                  "2026-11-01T09:30:00+99:00", "0001-01-01T00:30:00+01:00",
+                  "9999-12-31T23:30:00-01:00", "2026-11-01 09:30:00Z", "2026-11-01T09:30Z", "x"]:
+        ua += [_compact({**V2, "timestamp": stamp}), _compact({**V1, "timestamp": stamp})]
+    se = [_compact(SE1), _compact({**SE1, "cpuPct": 100}), _compact({**SE1, "cpuPct": 100.0}),
+          _compact({**SE1, "cpuPct": 100.5}), _compact({**SE1, "cpuPct": -0.0}),
+          _compact({**SE1, "cpuPct": 1e-05}), _compact({**SE1, "cpuPct": 1e2}),
+          _compact(SE1).replace("48.6", "NaN"), _compact(SE1).replace("48.6", "4.86E1"),
+          _compact({**SE1, "instances": 3}), _compact({**SE1, "status": "gone"}),
+          _compact({**SE1, "schemaVersion": 2})]
+    cu = [_compact(CU1), _compact({**CU1, "durationMs": -5}), _compact({**CU1, "title": None}),
+          _compact({**CU1, "title": "x" * (MAX_BYTES - 190)})]  # near and over the limit
+    return ([(UA, v, True) for v in ua] + [(SE, v, True) for v in se] + [(CU, v, True) for v in cu]
+            + [(UA, _compact(V2), False), ("elsewhere", _compact(V2), True)])
+
+
+def _generated(count: int) -> list[tuple[str, str, bool]]:
+    settings = load_settings()
+    records = generate(settings.simulate, count, 11, MAX_BYTES, shuffle=True)
+    return [(TOPIC_OF[r.event_type], r.value.decode("utf-8", "replace"), _is_utf8(r.value))
+            for r in records]
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _comparable(frame: DataFrame) -> DataFrame:
+    """Timestamps as text: Python cannot hold 0001-01-01T00:00Z in local time, and the
+    corpus has it on purpose."""
+    return frame.select(*(
+        F.col(f.name).cast("string") if isinstance(f.dataType, T.TimestampType) else f.name
+        for f in frame.schema.fields
+    ))
+
+
+def test_fast_path_covers_every_version_with_a_sql_upcast() -> None:
+    assert fast_versions("user_action") == (1, 2)
+    assert fast_versions("content_upload") == (1,)
+    assert fast_versions("system_event") == (1,)
+
+
+def test_fast_path_agrees_with_the_python_classifier(spark) -> None:
+    hand = _hand_made()
+    rows = [(topic, 0, offset, value, utf8)
+            for offset, (topic, value, utf8) in enumerate(hand + _generated(4_000))]
+    bronze = spark.createDataFrame(
+        rows, "topic string, partition int, offset long, value string, value_utf8 boolean"
+    )
+    fast = fast_classify(bronze, TOPIC_TYPES, MAX_BYTES).cache()
+    classified = classify_records(bronze, TOPIC_TYPES, MAX_BYTES).cache()
+    taken: set[int] = set()
+    for event_type in sorted(set(TOPIC_TYPES.values())):
+        by_fast = fast_events(fast, event_type).drop("processed_at")
+        offsets = [r.source_offset for r in by_fast.select("source_offset").collect()]
+        taken.update(offsets)
+        by_python = (to_events(classified, event_type).drop("processed_at")
+                     .filter(F.col("source_offset").isin(offsets)))
+        # Every fast row is a Python-accepted row, identical column for column.
+        assertDataFrameEqual(_comparable(by_fast), _comparable(by_python))
+    suspect_offsets = {r.offset for r in suspects(fast).select("offset").collect()}
+    assert suspect_offsets == set(range(len(rows))) - taken
+
+    accepted = {offset for offset in range(len(hand)) if offset in taken}
+    must_take = [_compact(V2), _compact(V1), _compact({**V2, "userId": "Zoë"}, ensure_ascii=False),
+                 _compact({**V2, "userId": 'a"b\\c/d\n'}),
+                 _compact({**V2, "timestamp": "2026-11-01T09:30:00.5Z"}),
+                 _compact({**V1, "timestamp": "2026-11-01T09:30:00-08:00"}),
+                 _compact(SE1), _compact({**SE1, "cpuPct": 100.0}), _compact(CU1)]
+    assert {hand.index((t, v, True)) for t, v in zip(
+        [UA] * 6 + [SE, SE, CU], must_take, strict=True)} <= accepted
+    # The generated valid records (the bulk of real traffic) nearly all take it.
+    generated_valid = classified.filter(
+        f"error_code is null and offset >= {len(hand)}").count()
+    assert len(taken - set(range(len(hand)))) >= 0.95 * generated_valid
