@@ -128,12 +128,17 @@ def simulate(
     seed: int = typer.Option(0, "--seed", help="random seed (same seed, same traffic)"),
     shuffle: bool = typer.Option(False, "--shuffle", help="shuffle arrival order in blocks"),
     now: bool = typer.Option(False, "--now", help="wall-clock timestamps (freshness runs)"),
+    pregenerate: bool = typer.Option(
+        False, "--pregenerate",
+        help="build every record before sending, so sending takes little CPU (load tests)",
+    ),
 ) -> None:
     """Produce a realistic event mix, bad records included, and write a manifest."""
     from pipelines.simulate.producer import simulate as run_simulation
 
     manifest = run_simulation(
-        _settings(conf), events, rate=rate, seed=seed, progress=True, shuffle=shuffle, now=now
+        _settings(conf), events, rate=rate, seed=seed, progress=True, shuffle=shuffle, now=now,
+        pregenerate=pregenerate,
     )
     print(
         f"sent {manifest['total']} records in {manifest['seconds']:.1f}s "

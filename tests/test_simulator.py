@@ -251,3 +251,39 @@ def test_wall_clock_mode_starts_now() -> None:
 def test_small_record_limit_is_refused() -> None:
     with pytest.raises(ValueError, match="max_record_bytes"):
         next(generate(SIM, 10, 1, 100))
+
+
+class _FakeFuture:
+    def add_errback(self, _callback) -> None:  # noqa: ANN001
+        pass
+
+
+class _FakeProducer:
+    def __init__(self, log: list) -> None:
+        self.log = log
+
+    def send(self, topic: str, key: bytes | None, value: bytes) -> _FakeFuture:
+        self.log.append((topic, key, value))
+        return _FakeFuture()
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def test_pregenerate_sends_the_same_records(monkeypatch, tmp_path) -> None:  # noqa: ANN001
+    from pipelines.simulate import producer
+
+    settings = load_settings(env={"LAKEHOUSE_SIMULATE__MANIFEST_DIR": str(tmp_path)})
+    sent: dict[bool, list] = {True: [], False: []}
+    manifests = {}
+    for pregenerate in (False, True):
+        monkeypatch.setattr(producer, "_producer", lambda _b, p=pregenerate: _FakeProducer(sent[p]))
+        manifests[pregenerate] = producer.simulate(
+            settings, 3000, seed=4, progress=False, pregenerate=pregenerate)
+    assert sent[True] == sent[False] and len(sent[True]) == 3000
+    assert manifests[True]["expected"] == manifests[False]["expected"]
+    assert manifests[False]["pregenerate_seconds"] is None
+    assert manifests[True]["pregenerate_seconds"] > 0

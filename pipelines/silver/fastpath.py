@@ -196,38 +196,60 @@ def _typed_event(parsed: Column, event_type: str, version: int) -> Column:
     return F.struct(*columns, F.lit(version).alias("schema_version"))
 
 
+def _parsed_column(event_type: str, version: int) -> str:
+    return f"_parsed_{event_type}_v{version}"
+
+
 def fast_classify(
     bronze: DataFrame, topic_event_types: dict[str, str], max_bytes: int
 ) -> DataFrame:
     """Bronze rows plus one struct column per event type (see `fast_column`): the typed
     event when the record took the fast path, else null; `_suspect` is true for the
-    records left to the Python classifier."""
+    records left to the Python classifier, and only they keep their `value`."""
     eligible = F.col("value_utf8") & (F.octet_length("value") <= max_bytes)
     value = F.col("value")
+    by_type = {
+        event_type: [t for t, e in topic_event_types.items() if e == event_type]
+        for event_type in sorted(set(topic_event_types.values()))
+    }
+    # Parsed once, in a projection of its own: referenced from inside CASE and AND
+    # branches, a from_json would otherwise be evaluated again for every reference
+    # (Spark only shares subexpressions on always-evaluated paths).
+    parsed = bronze.select(*BRONZE_COLUMNS, *(
+        F.when(eligible & F.col("topic").isin(topics), F.from_json(
+            value, _wire_schema(_json_schema(event_type, version)), _JSON_OPTIONS,
+        )).alias(_parsed_column(event_type, version))
+        for event_type, topics in by_type.items()
+        for version in fast_versions(event_type)
+    ))
     structs = []
-    for event_type in sorted(set(topic_event_types.values())):
-        topics = [t for t, e in topic_event_types.items() if e == event_type]
+    for event_type in by_type:
         typed: Column = F.lit(None)
         for version in fast_versions(event_type):
             schema = _json_schema(event_type, version)
-            parsed = F.from_json(value, _wire_schema(schema), _JSON_OPTIONS)
+            struct = F.col(_parsed_column(event_type, version))
             typed = F.when(
-                eligible & F.col("topic").isin(topics) & _accepted(parsed, value, schema),
-                _typed_event(parsed, event_type, version),
+                struct.isNotNull() & _accepted(struct, value, schema),
+                _typed_event(struct, event_type, version),
             ).otherwise(typed)
         structs.append(typed.alias(fast_column(event_type)))
-    with_fast = bronze.select(*BRONZE_COLUMNS, *structs)
     suspect = F.lit(True)
-    for event_type in sorted(set(topic_event_types.values())):
+    for event_type in by_type:
         suspect = suspect & F.col(fast_column(event_type)).isNull()
-    return with_fast.withColumn("_suspect", suspect)
+    # The raw value is kept for suspects only: the typed rows are all that is needed
+    # of the others, and they are most of a batch that is cached.
+    return (
+        parsed.select(*BRONZE_COLUMNS, *structs)
+        .withColumn("_suspect", suspect)
+        .withColumn("value", F.when(F.col("_suspect"), F.col("value")))
+    )
 
 
 def fast_column(event_type: str) -> str:
     return f"_fast_{event_type}"
 
 
-def fast_events(fast: DataFrame, event_type: str, keep_value: bool = False) -> DataFrame:
+def fast_events(fast: DataFrame, event_type: str) -> DataFrame:
     """Rows that took the fast path as their silver table's rows (shape of
     `transforms.to_events`)."""
     column = fast_column(event_type)
@@ -239,10 +261,9 @@ def fast_events(fast: DataFrame, event_type: str, keep_value: bool = False) -> D
             F.col("partition").alias("source_partition"),
             F.col("offset").alias("source_offset"),
             F.current_timestamp().alias("processed_at"),
-            F.col("value"),
         )
         .withColumn("event_date", F.to_date("event_time"))
-        .select(*silver_schema(event_type).fieldNames(), *(["value"] if keep_value else []))
+        .select(*silver_schema(event_type).fieldNames())
     )
 
 

@@ -96,6 +96,16 @@ def _flag(ranked: DataFrame, held: DataFrame) -> DataFrame:
     )
 
 
+def _with_values(dups: DataFrame, batch: DataFrame) -> DataFrame:
+    """Duplicates with their raw value, read again from the batch: carrying every
+    record's value through the classification, ranking and caches would cost far
+    more than fetching the few that turn out duplicates."""
+    values = batch.select(
+        *(F.col(c.removeprefix("source_")).alias(c) for c in _COORDS), "value"
+    )
+    return dups.join(values, on=_COORDS, how="inner")
+
+
 def process_batch(
     batch: DataFrame, batch_id: int, settings: Settings, app_id: str | None = None
 ) -> None:
@@ -120,8 +130,8 @@ def process_batch(
         rejected = quarantine_rows(classified)
         for table in TABLES:
             path = settings.lakehouse.table_path(LAYER, table.table)
-            events = fast_events(fast, table.event_type, keep_value=True).unionByName(
-                to_events(classified, table.event_type, keep_value=True)
+            events = fast_events(fast, table.event_type).unionByName(
+                to_events(classified, table.event_type)
             )
             ranked = rank_in_batch(events)
             held = spark.read.format("delta").load(path)
@@ -130,7 +140,7 @@ def process_batch(
             new = flagged.filter("_new").select(*silver_schema(table.event_type).fieldNames())
             append_once(new, path, app_id, batch_id)
             dups = flagged.filter("_duplicate").drop("_new", "_duplicate")
-            rejected = rejected.unionByName(duplicate_rows(dups))
+            rejected = rejected.unionByName(duplicate_rows(_with_values(dups, batch)))
         quarantine = settings.lakehouse.table_path(LAYER, QUARANTINE)
         already = spark.read.format("delta").load(quarantine).select(*_QUARANTINE_KEYS)
         append_once(

@@ -98,16 +98,15 @@ def classify_records(
     )
 
 
-def to_events(classified: DataFrame, event_type: str, keep_value: bool = False) -> DataFrame:
-    """Valid verdicts of one event type -> typed rows of its silver table (plus the
-    raw `value` when `keep_value`, for rows that may still turn out duplicates)."""
+def to_events(classified: DataFrame, event_type: str) -> DataFrame:
+    """Valid verdicts of one event type -> typed rows of its silver table."""
     wire = F.from_json(
         "event_json", spark_schema(event_type), {"timestampFormat": _TIMESTAMP_FORMAT}
     )
     columns = [F.col(f"e.{name}").alias(field.name) for name, field in event_columns(event_type)]
     return (
         classified.filter(F.col("error_code").isNull() & (F.col("event_type") == event_type))
-        .select(wire.alias("e"), "schema_version", "topic", "partition", "offset", "value")
+        .select(wire.alias("e"), "schema_version", "topic", "partition", "offset")
         .select(
             *columns,
             F.col("schema_version"),
@@ -115,10 +114,9 @@ def to_events(classified: DataFrame, event_type: str, keep_value: bool = False) 
             F.col("partition").alias("source_partition"),
             F.col("offset").alias("source_offset"),
             F.current_timestamp().alias("processed_at"),
-            F.col("value"),
         )
         .withColumn("event_date", F.to_date("event_time"))
-        .select(*silver_schema(event_type).fieldNames(), *(["value"] if keep_value else []))
+        .select(*silver_schema(event_type).fieldNames())
     )
 
 
@@ -149,7 +147,7 @@ def quarantine_rows(classified: DataFrame) -> DataFrame:
 
 def duplicate_rows(dups: DataFrame) -> DataFrame:
     """Events seen before (columns of `rank_in_batch`, `first_*` pointing at the
-    occurrence kept) -> quarantine rows with code `duplicate`."""
+    occurrence kept, plus the raw `value`) -> quarantine rows with code `duplicate`."""
     detail = F.format_string(
         "duplicate: event_id %s was already accepted from %s[%d]@%d",
         F.col("event_id"), F.col("first_topic"), F.col("first_partition"), F.col("first_offset"),

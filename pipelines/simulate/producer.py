@@ -48,6 +48,15 @@ def _throttled(records: Iterable[SimRecord], rate: float | None) -> Iterator[Sim
         yield record
 
 
+def _tracked(records: Iterable[SimRecord], total: int, label: str, progress: bool
+             ) -> Iterable[SimRecord]:
+    if not progress:
+        return records
+    from rich.progress import track
+
+    return track(records, total=total, description=label, transient=True)
+
+
 def _producer(bootstrap: str) -> Any:
     from kafka import KafkaProducer, errors
 
@@ -86,8 +95,14 @@ def simulate(
     progress: bool = True,
     shuffle: bool = False,
     now: bool = False,
+    pregenerate: bool = False,
 ) -> dict[str, Any]:
-    """Produce `events` simulated records to Kafka; return (and save) the manifest."""
+    """Produce `events` simulated records to Kafka; return (and save) the manifest.
+
+    With `pregenerate`, every record is built before the first is sent, so that
+    during sending the generator takes no CPU from a pipeline on the same machine
+    (load tests); wall-clock timestamps then trail the send time by the
+    generation time."""
     started_at = datetime.now(UTC)
     span = timedelta(seconds=events / (rate or NOMINAL_EVENTS_PER_S)) if now else None
     records = generate(
@@ -99,16 +114,17 @@ def simulate(
         now=started_at if now else None,
         span=span,
     )
+    generation_s = None
+    if pregenerate:
+        t_gen = time.perf_counter()
+        records = list(_tracked(records, events, "generate", progress))
+        generation_s = round(time.perf_counter() - t_gen, 3)
     topics = {kind: settings.topic(kind).name for kind in settings.kafka.topics}
     builder = ManifestBuilder()
     producer = _producer(settings.kafka.bootstrap)
     t0 = time.perf_counter()
     try:
-        stream = _throttled(records, rate)
-        if progress:
-            from rich.progress import track
-
-            stream = track(stream, total=events, description="simulate", transient=True)
+        stream = _tracked(_throttled(records, rate), events, "simulate", progress)
         failures: list[BaseException] = []
         for record in stream:
             future = producer.send(topics[record.topic_kind], key=record.key, value=record.value)
@@ -134,6 +150,7 @@ def simulate(
         topics={k: topics[k] for k in manifest["by_topic"]},
         started_at=started_at.isoformat(),
         seconds=round(seconds, 3),
+        pregenerate_seconds=generation_s,
         events_per_s=round(events / seconds, 1) if seconds > 0 else None,
         path=str(path),
     )
