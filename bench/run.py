@@ -119,7 +119,7 @@ def _in_topics(settings) -> int:  # noqa: ANN001
     return sum(end for parts in offsets.values() for _, end in parts.values())
 
 
-def bench_ingest(records: int, reuse: bool = False) -> None:
+def bench_ingest(records: int, reuse: bool = False, side_records: int | None = None) -> None:
     """Bronze ingest rate for `records` simulated records (~200-300 bytes), silver's
     rate alone, then both layers side by side on a second load of half the size. With
     `reuse`, the first load is whatever an earlier run left in the bench topics."""
@@ -158,7 +158,7 @@ def bench_ingest(records: int, reuse: bool = False) -> None:
     _save("ingest", alone)  # kept even if the side-by-side part fails
 
     # Side by side: a second load, bronze and silver running concurrently.
-    more = simulate(settings, records // 2, seed=6, progress=False)
+    more = simulate(settings, side_records or records // 2, seed=6, progress=False)
     both_s = _drain_concurrently(spark, settings)
     total = records + more["total"]
     _save("ingest", {
@@ -341,6 +341,8 @@ def main() -> None:
     parser.add_argument("--only", default="simulate,ingest,freshness")
     parser.add_argument("--fresh-seconds", type=int, default=120)
     parser.add_argument("--fresh-rate", type=int, default=5000)
+    parser.add_argument("--side-records", type=int, default=None,
+                        help="records of the side-by-side load (default: half the first)")
     parser.add_argument("--reuse", action="store_true",
                         help="first load: what the bench topics already hold (no simulate)")
     args = parser.parse_args()
@@ -353,7 +355,7 @@ def main() -> None:
     if "simulate" in chosen:
         bench_simulate(args.records)
     if "ingest" in chosen:
-        bench_ingest(args.records, reuse=args.reuse)
+        bench_ingest(args.records, reuse=args.reuse, side_records=args.side_records)
     if "freshness" in chosen:
         bench_freshness(args.fresh_seconds, args.fresh_rate)
 

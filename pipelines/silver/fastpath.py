@@ -196,6 +196,16 @@ def _typed_event(parsed: Column, event_type: str, version: int) -> Column:
     return F.struct(*columns, F.lit(version).alias("schema_version"))
 
 
+def _may_round_trip(value: Column, schema: dict[str, Any]) -> Column:
+    """A cheap necessary condition of the round trip, checked before parsing: when the
+    first property is required, the record must start with it (so a v2 record is not
+    also parsed as v1, nor the other way round)."""
+    first = next(iter(schema["properties"]))
+    if first not in schema.get("required", []):
+        return F.lit(True)
+    return value.startswith(f'{{"{first}":')
+
+
 def _parsed_column(event_type: str, version: int) -> str:
     return f"_parsed_{event_type}_v{version}"
 
@@ -216,11 +226,13 @@ def fast_classify(
     # branches, a from_json would otherwise be evaluated again for every reference
     # (Spark only shares subexpressions on always-evaluated paths).
     parsed = bronze.select(*BRONZE_COLUMNS, *(
-        F.when(eligible & F.col("topic").isin(topics), F.from_json(
-            value, _wire_schema(_json_schema(event_type, version)), _JSON_OPTIONS,
-        )).alias(_parsed_column(event_type, version))
+        F.when(
+            eligible & F.col("topic").isin(topics) & _may_round_trip(value, schema),
+            F.from_json(value, _wire_schema(schema), _JSON_OPTIONS),
+        ).alias(_parsed_column(event_type, version))
         for event_type, topics in by_type.items()
         for version in fast_versions(event_type)
+        for schema in [_json_schema(event_type, version)]
     ))
     structs = []
     for event_type in by_type:

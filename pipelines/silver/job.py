@@ -40,12 +40,17 @@ from pipelines.silver.transforms import (
     duplicate_rows,
     quarantine_rows,
     rank_in_batch,
+    repeated_ids,
     to_events,
 )
 
 QUERY_NAME = "silver_events"
 _COORDS = ["source_topic", "source_partition", "source_offset"]
 _QUARANTINE_KEYS = ["topic", "partition", "offset"]
+# Above this, a lookup side is joined by shuffle rather than broadcast.
+BROADCAST_MAX_ROWS = 200_000
+# What a duplicate's quarantine row is made of (see transforms.duplicate_rows).
+_DUPLICATE_COLUMNS = ["event_id", *_COORDS, "first_topic", "first_partition", "first_offset"]
 # Set by Spark on the thread that runs a micro-batch; stable across restarts from the
 # same checkpoint, new for a new checkpoint.
 _QUERY_ID_PROPERTY = "sql.streaming.queryId"
@@ -66,8 +71,8 @@ def ensure_silver(spark: SparkSession, settings: Settings) -> None:
 
 def _flag(ranked: DataFrame, held: DataFrame) -> DataFrame:
     """`ranked` (see `rank_in_batch`) plus `_new` and `_duplicate` flags against the
-    rows the table already `held`; `first_*` of a duplicate points at the occurrence
-    kept (the held row if any)."""
+    rows the table already `held` (event_id and coordinates, at most one per id);
+    `first_*` of a duplicate points at the occurrence kept (the held row if any)."""
     held = held.select("event_id", *(F.col(c).alias(f"held_{c}") for c in _COORDS))
     joined = ranked.join(held, on="event_id", how="left")
     is_first = (
@@ -96,10 +101,20 @@ def _flag(ranked: DataFrame, held: DataFrame) -> DataFrame:
     )
 
 
+def _sized(small: DataFrame, cached: list[DataFrame]) -> DataFrame:
+    """`small` cached, and marked for a broadcast when it is small enough: the
+    repeated ids of a batch and the rows already held for its ids are usually a
+    handful, but a replay under a new checkpoint finds every id held."""
+    small = small.persist()
+    cached.append(small)
+    return F.broadcast(small) if small.count() <= BROADCAST_MAX_ROWS else small
+
+
 def _with_values(dups: DataFrame, batch: DataFrame) -> DataFrame:
     """Duplicates with their raw value, read again from the batch: carrying every
     record's value through the classification, ranking and caches would cost far
-    more than fetching the few that turn out duplicates."""
+    more than fetching the few that turn out duplicates (`dups` should come from
+    `_sized`, so that the batch's values are not shuffled)."""
     values = batch.select(
         *(F.col(c.removeprefix("source_")).alias(c) for c in _COORDS), "value"
     )
@@ -127,20 +142,28 @@ def process_batch(
     classified = classify_records(suspects(fast), topic_types, max_bytes).persist()
     cached: list[DataFrame] = [fast, classified]
     try:
-        rejected = quarantine_rows(classified)
+        duplicates: list[DataFrame] = []
         for table in TABLES:
             path = settings.lakehouse.table_path(LAYER, table.table)
             events = fast_events(fast, table.event_type).unionByName(
                 to_events(classified, table.event_type)
             )
-            ranked = rank_in_batch(events)
-            held = spark.read.format("delta").load(path)
-            flagged = _flag(ranked, held).persist()
-            cached.append(flagged)
+            keys = events.select("event_id", *_COORDS)
+            repeated = _sized(repeated_ids(keys), cached)
+            held = (
+                spark.read.format("delta").load(path).select("event_id", *_COORDS)
+                .join(keys.select("event_id"), on="event_id", how="left_semi")
+            )
+            flagged = _flag(rank_in_batch(events, repeated), _sized(held, cached))
             new = flagged.filter("_new").select(*silver_schema(table.event_type).fieldNames())
             append_once(new, path, app_id, batch_id)
-            dups = flagged.filter("_duplicate").drop("_new", "_duplicate")
-            rejected = rejected.unionByName(duplicate_rows(_with_values(dups, batch)))
+            duplicates.append(flagged.filter("_duplicate").select(*_DUPLICATE_COLUMNS))
+        dups = duplicates[0]
+        for more in duplicates[1:]:
+            dups = dups.unionByName(more)
+        rejected = quarantine_rows(classified).unionByName(
+            duplicate_rows(_with_values(_sized(dups, cached), batch))
+        )
         quarantine = settings.lakehouse.table_path(LAYER, QUARANTINE)
         already = spark.read.format("delta").load(quarantine).select(*_QUARANTINE_KEYS)
         append_once(

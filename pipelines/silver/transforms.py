@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 
 import pyarrow as pa
-from pyspark.sql import DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
@@ -120,20 +120,38 @@ def to_events(classified: DataFrame, event_type: str) -> DataFrame:
     )
 
 
-def rank_in_batch(events: DataFrame) -> DataFrame:
-    """Adds `first_*` columns: the coordinates of the earliest record (by topic,
-    partition, offset) with the same event_id in this batch; a row is the first
-    occurrence when they are its own."""
-    by_event = Window.partitionBy("event_id").orderBy(
-        "source_topic", "source_partition", "source_offset"
-    )
+def repeated_ids(events: DataFrame) -> DataFrame:
+    """(event_id, first_topic, first_partition, first_offset) of every event_id that
+    `events` holds more than once: the coordinates of its earliest record (by topic,
+    partition, offset). An aggregate of the id and coordinates only, so the wide
+    rows are never shuffled or sorted."""
+    first = F.min(F.struct("source_topic", "source_partition", "source_offset"))
     return (
-        events.withColumn("_first", F.first(F.struct(
-            "source_topic", "source_partition", "source_offset")).over(by_event))
-        .withColumn("first_topic", F.col("_first.source_topic"))
-        .withColumn("first_partition", F.col("_first.source_partition"))
-        .withColumn("first_offset", F.col("_first.source_offset"))
-        .drop("_first")
+        events.groupBy("event_id")
+        .agg(F.count(F.lit(1)).alias("_n"), first.alias("_first"))
+        .filter(F.col("_n") > 1)
+        .select(
+            "event_id",
+            F.col("_first.source_topic").alias("first_topic"),
+            F.col("_first.source_partition").alias("first_partition"),
+            F.col("_first.source_offset").alias("first_offset"),
+        )
+    )
+
+
+def rank_in_batch(events: DataFrame, repeated: DataFrame | None = None) -> DataFrame:
+    """Adds `first_*` columns: the coordinates of the earliest record with the same
+    event_id in this batch (its own for a unique id); a row is the first occurrence
+    when they are its own. `repeated` is `repeated_ids(events)` when already at hand
+    (the caller may have sized it for a broadcast)."""
+    repeated = repeated_ids(events) if repeated is None else repeated
+    joined = events.join(repeated, on="event_id", how="left")
+    return joined.select(
+        *events.columns,
+        *(
+            F.coalesce(F.col(f"first_{c}"), F.col(f"source_{c}")).alias(f"first_{c}")
+            for c in ("topic", "partition", "offset")
+        ),
     )
 
 
