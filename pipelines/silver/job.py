@@ -3,7 +3,7 @@
 Records are typed by Spark built-ins when certainly valid (`fastpath`); the
 rest go through the Python classifier, which says why a record is bad.
 
-Exactly once without streaming state, in few Spark jobs per micro-batch:
+Exactly once without streaming state:
 - every table is written with an idempotent append (`txnAppId` = the query id,
   `txnVersion` = the batch id): a micro-batch replayed after a crash skips the
   tables it already wrote;
