@@ -37,7 +37,8 @@ from pipelines.schemas.registry import (
     latest_version,
     versions,
 )
-from pipelines.silver.tables import event_columns, silver_schema
+from pipelines.silver.tables import event_columns
+from pipelines.silver.transforms import as_silver_rows
 
 BRONZE_COLUMNS = ["topic", "partition", "offset", "value", "value_utf8"]
 
@@ -265,18 +266,8 @@ def fast_events(fast: DataFrame, event_type: str) -> DataFrame:
     """Rows that took the fast path as their silver table's rows (shape of
     `transforms.to_events`)."""
     column = fast_column(event_type)
-    return (
-        fast.filter(F.col(column).isNotNull())
-        .select(
-            f"{column}.*",
-            F.col("topic").alias("source_topic"),
-            F.col("partition").alias("source_partition"),
-            F.col("offset").alias("source_offset"),
-            F.current_timestamp().alias("processed_at"),
-        )
-        .withColumn("event_date", F.to_date("event_time"))
-        .select(*silver_schema(event_type).fieldNames())
-    )
+    typed = fast.filter(F.col(column).isNotNull())
+    return as_silver_rows(typed, [F.col(f"{column}.*")], event_type)
 
 
 def suspects(fast: DataFrame) -> DataFrame:

@@ -6,7 +6,7 @@ import json
 from collections.abc import Iterator
 
 import pyarrow as pa
-from pyspark.sql import DataFrame
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
@@ -104,12 +104,20 @@ def to_events(classified: DataFrame, event_type: str) -> DataFrame:
         "event_json", spark_schema(event_type), {"timestampFormat": _TIMESTAMP_FORMAT}
     )
     columns = [F.col(f"e.{name}").alias(field.name) for name, field in event_columns(event_type)]
+    valid = classified.filter(F.col("error_code").isNull() & (F.col("event_type") == event_type))
+    return as_silver_rows(
+        valid.select(wire.alias("e"), "schema_version", "topic", "partition", "offset"),
+        [*columns, F.col("schema_version")],
+        event_type,
+    )
+
+
+def as_silver_rows(records: DataFrame, event: list[Column], event_type: str) -> DataFrame:
+    """Records with Kafka coordinates + the columns of their typed `event` -> rows of
+    the event type's silver table, in its column order."""
     return (
-        classified.filter(F.col("error_code").isNull() & (F.col("event_type") == event_type))
-        .select(wire.alias("e"), "schema_version", "topic", "partition", "offset")
-        .select(
-            *columns,
-            F.col("schema_version"),
+        records.select(
+            *event,
             F.col("topic").alias("source_topic"),
             F.col("partition").alias("source_partition"),
             F.col("offset").alias("source_offset"),
