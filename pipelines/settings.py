@@ -97,6 +97,9 @@ class StreamingSettings(_Strict):
     # runs again, after conflict_backoff_s, then twice that, ...; its writes are idempotent.
     conflict_retries: int = Field(ge=0)
     conflict_backoff_s: float = Field(ge=0)
+    # Silver's lookup sides (repeated ids, rows already held, duplicates) up to this
+    # many rows are broadcast; larger ones (a replay under a new checkpoint) shuffled.
+    broadcast_max_rows: int = Field(default=200_000, ge=0)
 
 
 class GoldSettings(_Strict):

@@ -22,8 +22,9 @@ checks that differentially on generated and hand-made records.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Callable
-from functools import cache
+from functools import cache, reduce
 from typing import Any
 
 from pyspark.sql import Column, DataFrame
@@ -93,10 +94,7 @@ def _property_check(value: Column, prop: dict[str, Any]) -> Column:
         instant = value.try_cast("timestamp")
         # Python's datetime holds years 1 to 9999 only, in UTC too.
         checks.append(value.rlike(_DATE_TIME) & F.year(instant).between(1, 9999))
-    condition = checks[0]
-    for check in checks[1:]:
-        condition = condition & check
-    return condition
+    return reduce(operator.and_, checks)
 
 
 def _wire_schema(schema: dict[str, Any]) -> T.StructType:
@@ -246,9 +244,7 @@ def fast_classify(
                 _typed_event(struct, event_type, version),
             ).otherwise(typed)
         structs.append(typed.alias(fast_column(event_type)))
-    suspect = F.lit(True)
-    for event_type in by_type:
-        suspect = suspect & F.col(fast_column(event_type)).isNull()
+    suspect = reduce(operator.and_, (F.col(fast_column(t)).isNull() for t in by_type))
     # The raw value is kept for suspects only: the typed rows are all that is needed
     # of the others, and they are most of a batch that is cached.
     return (

@@ -19,6 +19,8 @@ with another timestamp, is still caught.
 
 from __future__ import annotations
 
+from functools import partial, reduce
+
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
@@ -47,8 +49,6 @@ from pipelines.silver.transforms import (
 QUERY_NAME = "silver_events"
 _COORDS = ["source_topic", "source_partition", "source_offset"]
 _QUARANTINE_KEYS = ["topic", "partition", "offset"]
-# Above this, a lookup side is joined by shuffle rather than broadcast.
-BROADCAST_MAX_ROWS = 200_000
 # What a duplicate's quarantine row is made of (see transforms.duplicate_rows).
 _DUPLICATE_COLUMNS = ["event_id", *_COORDS, "first_topic", "first_partition", "first_offset"]
 # Set by Spark on the thread that runs a micro-batch; stable across restarts from the
@@ -101,13 +101,13 @@ def _flag(ranked: DataFrame, held: DataFrame) -> DataFrame:
     )
 
 
-def _sized(small: DataFrame, cached: list[DataFrame]) -> DataFrame:
+def _sized(small: DataFrame, cached: list[DataFrame], max_rows: int) -> DataFrame:
     """`small` cached, and marked for a broadcast when it is small enough: the
     repeated ids of a batch and the rows already held for its ids are usually a
     handful, but a replay under a new checkpoint finds every id held."""
     small = small.persist()
     cached.append(small)
-    return F.broadcast(small) if small.count() <= BROADCAST_MAX_ROWS else small
+    return F.broadcast(small) if small.count() <= max_rows else small
 
 
 def _with_values(dups: DataFrame, batch: DataFrame) -> DataFrame:
@@ -141,6 +141,7 @@ def process_batch(
     fast = fast_classify(batch, topic_types, max_bytes).persist()
     classified = classify_records(suspects(fast), topic_types, max_bytes).persist()
     cached: list[DataFrame] = [fast, classified]
+    sized = partial(_sized, cached=cached, max_rows=settings.streaming.broadcast_max_rows)
     try:
         duplicates: list[DataFrame] = []
         for table in TABLES:
@@ -149,20 +150,18 @@ def process_batch(
                 to_events(classified, table.event_type)
             )
             keys = events.select("event_id", *_COORDS)
-            repeated = _sized(repeated_ids(keys), cached)
+            repeated = sized(repeated_ids(keys))
             held = (
                 spark.read.format("delta").load(path).select("event_id", *_COORDS)
                 .join(keys.select("event_id"), on="event_id", how="left_semi")
             )
-            flagged = _flag(rank_in_batch(events, repeated), _sized(held, cached))
+            flagged = _flag(rank_in_batch(events, repeated), sized(held))
             new = flagged.filter("_new").select(*silver_schema(table.event_type).fieldNames())
             append_once(new, path, app_id, batch_id)
             duplicates.append(flagged.filter("_duplicate").select(*_DUPLICATE_COLUMNS))
-        dups = duplicates[0]
-        for more in duplicates[1:]:
-            dups = dups.unionByName(more)
+        dups = reduce(DataFrame.unionByName, duplicates)
         rejected = quarantine_rows(classified).unionByName(
-            duplicate_rows(_with_values(_sized(dups, cached), batch))
+            duplicate_rows(_with_values(sized(dups), batch))
         )
         quarantine = settings.lakehouse.table_path(LAYER, QUARANTINE)
         already = spark.read.format("delta").load(quarantine).select(*_QUARANTINE_KEYS)
