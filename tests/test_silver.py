@@ -7,6 +7,7 @@ import json
 import signal
 import time
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from deltalake import DeltaTable
 from pyspark.testing import assertDataFrameEqual
 
 from pipelines.schemas.registry import v1_event_id
+from pipelines.silver.fastpath import fast_classify
 from pipelines.silver.job import ensure_silver, process_batch
 from pipelines.silver.transforms import classify_records, rank_in_batch, to_events
 
@@ -24,6 +26,7 @@ V2 = {"schemaVersion": 2, "eventId": "0b7e7f43-4a54-4c1f-9d8e-2f3a4b5c6d7e", "us
       "action": "seek", "timestamp": "2026-11-01T09:30:00Z", "mediaId": "m2",
       "positionMs": 1500, "device": "tv"}
 BRONZE_COLS = ["topic", "partition", "offset", "value", "value_utf8"]
+_compact = partial(json.dumps, separators=(",", ":"))
 
 
 def _bronze(spark, rows):
@@ -112,15 +115,26 @@ def test_process_batch_dedups_across_batches_and_replays(spark, lake) -> None:
 
 def test_process_batch_catches_reused_id_in_another_partition(spark, lake) -> None:
     """A producer reusing an event id with another date (another event_date partition):
-    the lookup covers the whole table, so the row is a duplicate, not a second row."""
+    the lookup covers the whole table, so the row is a duplicate, not a second row.
+    Ids are unique per table: an upload with the same id is a new upload."""
     s = lake.settings
-    ua = s.topic("user_actions").name
+    ua, cu = s.topic("user_actions").name, s.topic("content_uploads").name
     moved = {**V2, "timestamp": "2026-11-05T09:30:00Z"}
+    upload = {"schemaVersion": 1, "eventId": V2["eventId"], "mediaId": "m9",
+              "creatorId": "c1", "timestamp": "2026-11-05T09:30:00Z"}
+    # The actions compact (the JVM fast path), the upload not (the Python classifier).
+    batch1 = _bronze(spark, [(ua, 0, 1, _compact(V2), True)])
+    batch2 = _bronze(spark, [(ua, 0, 2, _compact(moved), True),
+                             (cu, 0, 7, json.dumps(upload), True)])
+    fast = fast_classify(batch2, {ua: "user_action", cu: "content_upload"}, 4096)
+    assert [r.offset for r in fast.filter("NOT _suspect").collect()] == [2]
     ensure_silver(spark, s)
-    process_batch(_bronze(spark, [(ua, 0, 1, json.dumps(V2), True)]), 0, s, "query")
-    process_batch(_bronze(spark, [(ua, 0, 2, json.dumps(moved), True)]), 1, s, "query")
+    process_batch(batch1, 0, s, "query")
+    process_batch(batch2, 1, s, "query")
     quarantine = spark.read.format("delta").load(s.lakehouse.table_path("silver", "quarantine"))
     assertDataFrameEqual(quarantine.select("offset", "error_code"), [(2, "duplicate")])
+    uploads = spark.read.format("delta").load(s.lakehouse.table_path("silver", "content_uploads"))
+    assertDataFrameEqual(uploads.select("event_id", "source_offset"), [(V2["eventId"], 7)])
 
 
 # ---------------------------------------------------------------- end to end

@@ -213,8 +213,9 @@ def fast_classify(
     bronze: DataFrame, topic_event_types: dict[str, str], max_bytes: int
 ) -> DataFrame:
     """Bronze rows plus one struct column per event type (see `fast_column`): the typed
-    event when the record took the fast path, else null; `_suspect` is true for the
-    records left to the Python classifier, and only they keep their `value`."""
+    event when the record took the fast path, else null; `_event_type` and
+    `_event_id` of a record that took it; `_suspect` is true for the records left to
+    the Python classifier, and only they keep their `value`."""
     eligible = F.col("value_utf8") & (F.octet_length("value") <= max_bytes)
     value = F.col("value")
     by_type = {
@@ -244,12 +245,19 @@ def fast_classify(
                 _typed_event(struct, event_type, version),
             ).otherwise(typed)
         structs.append(typed.alias(fast_column(event_type)))
-    suspect = reduce(operator.and_, (F.col(fast_column(t)).isNull() for t in by_type))
+    # The event type and id again as plain columns: the dedup reads only them, and a
+    # cached struct column is decoded whole.
+    event_type = F.coalesce(*(
+        F.when(F.col(fast_column(t)).isNotNull(), F.lit(t)) for t in by_type
+    ))
+    event_id = F.coalesce(*(F.col(fast_column(t))["event_id"] for t in by_type))
     # The raw value is kept for suspects only: the typed rows are all that is needed
     # of the others, and they are most of a batch that is cached.
     return (
         parsed.select(*BRONZE_COLUMNS, *structs)
-        .withColumn("_suspect", suspect)
+        .withColumn("_event_type", event_type)
+        .withColumn("_event_id", event_id)
+        .withColumn("_suspect", F.col("_event_type").isNull())
         .withColumn("value", F.when(F.col("_suspect"), F.col("value")))
     )
 
@@ -264,6 +272,18 @@ def fast_events(fast: DataFrame, event_type: str) -> DataFrame:
     column = fast_column(event_type)
     typed = fast.filter(F.col(column).isNotNull())
     return as_silver_rows(typed, [F.col(f"{column}.*")], event_type)
+
+
+def fast_keys(fast: DataFrame) -> DataFrame:
+    """(event_type, event_id, source coordinates) of every record that took the fast
+    path: what the dedup needs of them."""
+    return fast.filter(F.col("_event_type").isNotNull()).select(
+        F.col("_event_type").alias("event_type"),
+        F.col("_event_id").alias("event_id"),
+        F.col("topic").alias("source_topic"),
+        F.col("partition").alias("source_partition"),
+        F.col("offset").alias("source_offset"),
+    )
 
 
 def suspects(fast: DataFrame) -> DataFrame:

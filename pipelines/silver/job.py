@@ -28,14 +28,13 @@ from pyspark.sql.streaming import StreamingQuery
 from pipelines.io.conflicts import retrying_batches
 from pipelines.io.delta import append_once, ensure_table, read_delta_stream, start_with_trigger
 from pipelines.settings import Settings
-from pipelines.silver.fastpath import fast_classify, fast_events, suspects
+from pipelines.silver.fastpath import fast_classify, fast_events, fast_keys, suspects
 from pipelines.silver.tables import (
     LAYER,
     QUARANTINE,
     QUARANTINE_SCHEMA,
     TABLES,
     ensure_silver_table,
-    silver_schema,
 )
 from pipelines.silver.transforms import (
     classify_records,
@@ -48,6 +47,8 @@ from pipelines.silver.transforms import (
 
 QUERY_NAME = "silver_events"
 _COORDS = ["source_topic", "source_partition", "source_offset"]
+# Dedup is per silver table: an event_id is unique within its event type.
+_KEY = ("event_type", "event_id")
 _QUARANTINE_KEYS = ["topic", "partition", "offset"]
 # What a duplicate's quarantine row is made of (see transforms.duplicate_rows).
 _DUPLICATE_COLUMNS = ["event_id", *_COORDS, "first_topic", "first_partition", "first_offset"]
@@ -69,12 +70,12 @@ def ensure_silver(spark: SparkSession, settings: Settings) -> None:
     )
 
 
-def _flag(ranked: DataFrame, held: DataFrame) -> DataFrame:
+def _flag(ranked: DataFrame, held: DataFrame, by: tuple[str, ...]) -> DataFrame:
     """`ranked` (see `rank_in_batch`) plus `_new` and `_duplicate` flags against the
-    rows the table already `held` (event_id and coordinates, at most one per id);
+    rows the tables already `held` (key `by` and coordinates, at most one per key);
     `first_*` of a duplicate points at the occurrence kept (the held row if any)."""
-    held = held.select("event_id", *(F.col(c).alias(f"held_{c}") for c in _COORDS))
-    joined = ranked.join(held, on="event_id", how="left")
+    held = held.select(*by, *(F.col(c).alias(f"held_{c}") for c in _COORDS))
+    joined = ranked.join(held, on=list(by), how="left")
     is_first = (
         (F.col("source_topic") == F.col("first_topic"))
         & (F.col("source_partition") == F.col("first_partition"))
@@ -101,20 +102,46 @@ def _flag(ranked: DataFrame, held: DataFrame) -> DataFrame:
     )
 
 
-def _sized(small: DataFrame, cached: list[DataFrame], max_rows: int) -> DataFrame:
-    """`small` cached, and marked for a broadcast when it is small enough: the
-    repeated ids of a batch and the rows already held for its ids are usually a
-    handful, but a replay under a new checkpoint finds every id held."""
+def _sized(
+    small: DataFrame, cached: list[DataFrame], max_rows: int
+) -> tuple[DataFrame, DataFrame]:
+    """`small` cached, and the same marked for a broadcast (to join with) when it is
+    small enough: the repeated ids of a batch and the rows already held for its ids
+    are usually a handful, but a replay under a new checkpoint finds every id held."""
     small = small.persist()
     cached.append(small)
-    return F.broadcast(small) if small.count() <= max_rows else small
+    return small, (F.broadcast(small) if small.count() <= max_rows else small)
+
+
+def _batch_keys(fast: DataFrame, classified: DataFrame) -> DataFrame:
+    """(event_type, event_id, source coordinates) of every valid record of the batch."""
+    slow = (
+        to_events(classified, t.event_type).select(
+            F.lit(t.event_type).alias("event_type"), "event_id", *_COORDS
+        )
+        for t in TABLES
+    )
+    return reduce(DataFrame.unionByName, slow, fast_keys(fast))
+
+
+def _held(spark: SparkSession, settings: Settings, keys: DataFrame) -> DataFrame:
+    """(event_type, event_id, source coordinates) of the rows the silver tables
+    already hold for the ids of `keys`: their key columns only, whole tables."""
+    tables = (
+        spark.read.format("delta").load(settings.lakehouse.table_path(LAYER, t.table))
+        .select(F.lit(t.event_type).alias("event_type"), "event_id", *_COORDS)
+        for t in TABLES
+    )
+    return reduce(DataFrame.unionByName, tables).join(
+        keys.select(*_KEY), on=list(_KEY), how="left_semi"
+    )
 
 
 def _with_values(dups: DataFrame, batch: DataFrame) -> DataFrame:
     """Duplicates with their raw value, read again from the batch: carrying every
-    record's value through the classification, ranking and caches would cost far
-    more than fetching the few that turn out duplicates (`dups` should come from
-    `_sized`, so that the batch's values are not shuffled)."""
+    record's value through the classification and caches would cost far more than
+    fetching the few that turn out duplicates (`dups` should come from `_sized`, so
+    that the batch's values are not shuffled)."""
     values = batch.select(
         *(F.col(c.removeprefix("source_")).alias(c) for c in _COORDS), "value"
     )
@@ -126,6 +153,11 @@ def process_batch(
 ) -> None:
     """One micro-batch of bronze rows -> silver tables and quarantine (created by
     `ensure_silver`), idempotently.
+
+    The dedup is decided on the keys alone (event type, event id, coordinates):
+    the few records that are not new are found with broadcast joins against the
+    batch's repeated ids and the ids the tables already hold, and the wide rows
+    are written once, minus those.
 
     `app_id` names the writer for Delta's idempotent appends; by default the id of
     the streaming query running the batch.
@@ -143,26 +175,29 @@ def process_batch(
     cached: list[DataFrame] = [fast, classified]
     sized = partial(_sized, cached=cached, max_rows=settings.streaming.broadcast_max_rows)
     try:
-        duplicates: list[DataFrame] = []
+        keys = _batch_keys(fast, classified)
+        _, repeated = sized(repeated_ids(keys, _KEY))
+        _, held = sized(_held(spark, settings, keys))
+        # Every record that is not new: a later copy in the batch, a copy of a held
+        # row, or a held row itself (a replay under a new checkpoint).
+        settled, settled_to_join = sized(
+            _flag(rank_in_batch(keys, repeated, _KEY), held, _KEY).filter(~F.col("_new"))
+        )
         for table in TABLES:
-            path = settings.lakehouse.table_path(LAYER, table.table)
             events = fast_events(fast, table.event_type).unionByName(
                 to_events(classified, table.event_type)
             )
-            keys = events.select("event_id", *_COORDS)
-            repeated = sized(repeated_ids(keys))
-            held = (
-                spark.read.format("delta").load(path).select("event_id", *_COORDS)
-                .join(keys.select("event_id"), on="event_id", how="left_semi")
+            not_new = settled_to_join.filter(F.col("event_type") == table.event_type).select(
+                *_COORDS
             )
-            flagged = _flag(rank_in_batch(events, repeated), sized(held))
-            new = flagged.filter("_new").select(*silver_schema(table.event_type).fieldNames())
-            append_once(new, path, app_id, batch_id)
-            duplicates.append(flagged.filter("_duplicate").select(*_DUPLICATE_COLUMNS))
-        dups = reduce(DataFrame.unionByName, duplicates)
-        rejected = quarantine_rows(classified).unionByName(
-            duplicate_rows(_with_values(sized(dups), batch))
-        )
+            append_once(
+                events.join(not_new, on=_COORDS, how="left_anti"),
+                settings.lakehouse.table_path(LAYER, table.table), app_id, batch_id,
+            )
+        rejected = quarantine_rows(classified)
+        if not settled.filter("_duplicate").isEmpty():
+            dups = settled_to_join.filter("_duplicate").select(*_DUPLICATE_COLUMNS)
+            rejected = rejected.unionByName(duplicate_rows(_with_values(dups, batch)))
         quarantine = settings.lakehouse.table_path(LAYER, QUARANTINE)
         already = spark.read.format("delta").load(quarantine).select(*_QUARANTINE_KEYS)
         append_once(

@@ -128,18 +128,19 @@ def as_silver_rows(records: DataFrame, event: list[Column], event_type: str) -> 
     )
 
 
-def repeated_ids(events: DataFrame) -> DataFrame:
-    """(event_id, first_topic, first_partition, first_offset) of every event_id that
-    `events` holds more than once: the coordinates of its earliest record (by topic,
-    partition, offset). An aggregate of the id and coordinates only, so the wide
-    rows are never shuffled or sorted."""
+def repeated_ids(events: DataFrame, by: tuple[str, ...] = ("event_id",)) -> DataFrame:
+    """`by` (the event_id, and whatever else scopes it) plus the coordinates
+    (first_topic, first_partition, first_offset) of its earliest record (by topic,
+    partition, offset), for every key that `events` holds more than once. An
+    aggregate of the keys and coordinates only, so wide rows are never shuffled or
+    sorted."""
     first = F.min(F.struct("source_topic", "source_partition", "source_offset"))
     return (
-        events.groupBy("event_id")
+        events.groupBy(*by)
         .agg(F.count(F.lit(1)).alias("_n"), first.alias("_first"))
         .filter(F.col("_n") > 1)
         .select(
-            "event_id",
+            *by,
             F.col("_first.source_topic").alias("first_topic"),
             F.col("_first.source_partition").alias("first_partition"),
             F.col("_first.source_offset").alias("first_offset"),
@@ -147,13 +148,15 @@ def repeated_ids(events: DataFrame) -> DataFrame:
     )
 
 
-def rank_in_batch(events: DataFrame, repeated: DataFrame | None = None) -> DataFrame:
+def rank_in_batch(
+    events: DataFrame, repeated: DataFrame | None = None, by: tuple[str, ...] = ("event_id",)
+) -> DataFrame:
     """Adds `first_*` columns: the coordinates of the earliest record with the same
-    event_id in this batch (its own for a unique id); a row is the first occurrence
-    when they are its own. `repeated` is `repeated_ids(events)` when already at hand
-    (the caller may have sized it for a broadcast)."""
-    repeated = repeated_ids(events) if repeated is None else repeated
-    joined = events.join(repeated, on="event_id", how="left")
+    key (`by`) in this batch (its own for a unique key); a row is the first
+    occurrence when they are its own. `repeated` is `repeated_ids(events, by)` when
+    already at hand (the caller may have sized it for a broadcast)."""
+    repeated = repeated_ids(events, by) if repeated is None else repeated
+    joined = events.join(repeated, on=list(by), how="left")
     return joined.select(
         *events.columns,
         *(

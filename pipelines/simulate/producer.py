@@ -115,12 +115,16 @@ def simulate(
         span=span,
     )
     generation_s = None
+    builder = ManifestBuilder()
     if pregenerate:
+        # The manifest's bookkeeping is done here too, not in the send loop: a send
+        # that fails raises below, so the manifest is never kept for unsent records.
         t_gen = time.perf_counter()
         records = list(_tracked(records, events, "generate", progress))
+        for record in records:
+            builder.add(record)
         generation_s = round(time.perf_counter() - t_gen, 3)
     topics = {kind: settings.topic(kind).name for kind in settings.kafka.topics}
-    builder = ManifestBuilder()
     producer = _producer(settings.kafka.bootstrap)
     t0 = time.perf_counter()
     try:
@@ -129,7 +133,8 @@ def simulate(
         for record in stream:
             future = producer.send(topics[record.topic_kind], key=record.key, value=record.value)
             future.add_errback(failures.append)
-            builder.add(record)
+            if not pregenerate:
+                builder.add(record)
         producer.flush()
         if failures:
             # The manifest would promise records Kafka never got.
