@@ -91,6 +91,9 @@ class StreamingSettings(_Strict):
     trigger: str
     max_offsets_per_trigger: int | None = Field(default=None, ge=1)
     max_files_per_trigger: int | None = Field(default=None, ge=1)
+    # Delta's maxBytesPerTrigger (a soft limit on the files of a silver/gold micro-batch,
+    # e.g. "128m"): what bounds the memory a silver batch caches.
+    max_bytes_per_trigger: str | None = Field(default=None, pattern=r"^\d+[kmg]?$")
     starting_offsets: str
     max_record_bytes: int = Field(ge=64)
     # A micro-batch that loses a Delta commit conflict (e.g. to `lakehouse maintain`)

@@ -30,6 +30,8 @@ def test_env_overrides_and_aliases() -> None:
         ({"LAKEHOUSE_SPARK__SHUFFLE_PARTITIONS": "0"}, "spark.shuffle_partitions: Input should "
                                                         "be greater than or equal to 1"),
         ({"LAKEHOUSE_TYPO": "x"}, "environment variable LAKEHOUSE_TYPO"),
+        ({"LAKEHOUSE_STREAMING__MAX_BYTES_PER_TRIGGER": "128 MB"},
+         "streaming.max_bytes_per_trigger: String should match pattern"),
     ],
 )
 def test_bad_settings_name_the_key(env: dict[str, str], message: str) -> None:

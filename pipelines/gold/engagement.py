@@ -301,7 +301,7 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
     conf = EngagementConf.from_settings(settings)
     ensure_tables(spark, conf)
     writer = (
-        read_delta_stream(spark, conf.silver, settings.streaming.max_files_per_trigger)
+        read_delta_stream(spark, conf.silver, settings.streaming)
         .writeStream.queryName(QUERY_NAME)
         .option("checkpointLocation", settings.lakehouse.checkpoint(QUERY_NAME))
         .foreachBatch(retrying_batches(partial(process_batch, conf=conf), settings.streaming))

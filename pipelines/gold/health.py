@@ -296,9 +296,7 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
     ensure_silver_table(spark, sink.source_path, "system_event")
     sink.ensure_tables(spark)
     writer = (
-        read_delta_stream(
-            spark, sink.source_path, settings.streaming.max_files_per_trigger
-        )
+        read_delta_stream(spark, sink.source_path, settings.streaming)
         .writeStream.foreachBatch(retrying_batches(sink, settings.streaming))
         .option("checkpointLocation", settings.lakehouse.checkpoint(QUERY_NAME))
         .queryName(QUERY_NAME)

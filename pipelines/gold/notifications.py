@@ -256,7 +256,7 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
     table_path = settings.lakehouse.table_path(LAYER, TABLE)
     ensure_table(spark, table_path, spark.createDataFrame([], SCHEMA))
     writer = (
-        read_delta_stream(spark, uploads_path, settings.streaming.max_files_per_trigger)
+        read_delta_stream(spark, uploads_path, settings.streaming)
         .writeStream.foreachBatch(
             retrying_batches(NotificationSink.from_settings(settings), settings.streaming)
         )

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from delta.tables import DeltaTable
 from pyspark import SparkContext
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
+
+if TYPE_CHECKING:
+    from pipelines.settings import StreamingSettings
 
 _POOL = "spark.scheduler.pool"
 
@@ -26,13 +31,14 @@ def ensure_table(
     return DeltaTable.forPath(spark, path)
 
 
-def read_delta_stream(
-    spark: SparkSession, path: str, max_files_per_trigger: int | None = None
-) -> DataFrame:
-    """A Delta table as a stream source; `max_files_per_trigger` bounds a micro-batch."""
+def read_delta_stream(spark: SparkSession, path: str, streaming: StreamingSettings) -> DataFrame:
+    """A Delta table as a stream source, its micro-batches bounded by the
+    `max_files_per_trigger` and `max_bytes_per_trigger` settings (when set)."""
     reader = spark.readStream.format("delta")
-    if max_files_per_trigger:
-        reader = reader.option("maxFilesPerTrigger", max_files_per_trigger)
+    if streaming.max_files_per_trigger:
+        reader = reader.option("maxFilesPerTrigger", streaming.max_files_per_trigger)
+    if streaming.max_bytes_per_trigger:
+        reader = reader.option("maxBytesPerTrigger", streaming.max_bytes_per_trigger)
     return reader.load(path)
 
 

@@ -219,7 +219,7 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
     bronze = read_delta_stream(
         spark,
         settings.lakehouse.table_path("bronze", "events"),
-        settings.streaming.max_files_per_trigger,
+        settings.streaming,
     )
     writer = (
         bronze.writeStream.queryName(QUERY_NAME)
