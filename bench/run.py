@@ -133,7 +133,9 @@ def _in_topics(settings) -> int:  # noqa: ANN001
     return sum(end for parts in offsets.values() for _, end in parts.values())
 
 
-def bench_ingest(records: int, reuse: bool = False, side_records: int | None = None) -> None:
+def bench_ingest(
+    records: int, reuse: bool = False, side_records: int | None = None, tag: str = "ingest"
+) -> None:
     """Bronze ingest rate for `records` simulated records (~200-300 bytes), silver's
     rate alone, then both layers side by side on a second load of half the size. With
     `reuse`, the first load is whatever an earlier run left in the bench topics."""
@@ -141,7 +143,7 @@ def bench_ingest(records: int, reuse: bool = False, side_records: int | None = N
     from pipelines.simulate.producer import simulate
     from pipelines.spark import build_spark
 
-    settings = _settings("ingest", {"LAKEHOUSE_STREAMING__MAX_OFFSETS_PER_TRIGGER": "250000"})
+    settings = _settings(tag, {"LAKEHOUSE_STREAMING__MAX_OFFSETS_PER_TRIGGER": "250000"})
     ensure_topics(settings.kafka)
     if reuse:
         manifest = {"expected": None}
@@ -155,6 +157,7 @@ def bench_ingest(records: int, reuse: bool = False, side_records: int | None = N
     bronze_s = _drain(spark, settings, ["bronze"])
     silver_s = _drain(spark, settings, ["silver"])
     alone = {
+        "topics": f"bench.{tag}.*",
         "records": records,
         "avg_value_bytes": avg_bytes,
         "spark_startup_s": round(startup, 1),
@@ -169,13 +172,14 @@ def bench_ingest(records: int, reuse: bool = False, side_records: int | None = N
         "kafka_broker": round(rss_mb(broker_pid)) if broker_pid else None,
         "spark_driver_jvm": [round(v) for v in _java_children_peak_mb().values()],
     }
-    _save("ingest", alone)  # kept even if the side-by-side part fails
+    name = "ingest" if tag == "ingest" else f"ingest-{tag}"
+    _save(name, alone)  # kept even if the side-by-side part fails
 
     # Side by side: a second load, bronze and silver running concurrently.
     more = simulate(settings, side_records or records // 2, seed=6, progress=False)
     both_s = _drain_concurrently(spark, settings)
     total = records + more["total"]
-    _save("ingest", {
+    _save(name, {
         **alone,
         "side_by_side_records": more["total"],
         "side_by_side_seconds": round(both_s, 1),
@@ -379,6 +383,8 @@ def main() -> None:
                         help="freshness: run Spark at this nice value, the load generator at 0")
     parser.add_argument("--side-records", type=int, default=None,
                         help="records of the side-by-side load (default: half the first)")
+    parser.add_argument("--ingest-tag", default="ingest",
+                        help="ingest: bench topics bench.<tag>.* (a new tag: empty topics)")
     parser.add_argument("--reuse", action="store_true",
                         help="first load: what the bench topics already hold (no simulate)")
     args = parser.parse_args()
@@ -391,7 +397,8 @@ def main() -> None:
     if "simulate" in chosen:
         bench_simulate(args.records)
     if "ingest" in chosen:
-        bench_ingest(args.records, reuse=args.reuse, side_records=args.side_records)
+        bench_ingest(args.records, reuse=args.reuse, side_records=args.side_records,
+                     tag=args.ingest_tag)
     if "freshness" in chosen:
         bench_freshness(args.fresh_seconds, args.fresh_rate, args.pipeline_nice)
 
