@@ -68,11 +68,12 @@ def _java_children() -> list[int]:
     return found
 
 
-def _java_children_peak_mb() -> dict[int, float]:
-    """Peak RSS (VmHWM) of the java processes started by this Python process."""
+def _spark_peak_mb(broker_pid: int | None) -> list[int]:
+    """Peak RSS (VmHWM) of the Spark driver JVM(s) started by this Python process: its
+    java children but the broker, which the bench starts itself when none runs."""
     from pipelines.kafka.embedded import rss_mb
 
-    return {pid: rss_mb(pid) for pid in _java_children()}
+    return [round(rss_mb(pid)) for pid in _java_children() if pid != broker_pid]
 
 
 def _renice_spark(niceness: int) -> None:
@@ -170,7 +171,7 @@ def bench_ingest(
     broker_pid = status(settings.kafka)["pid"]
     alone["peak_rss_mb"] = {
         "kafka_broker": round(rss_mb(broker_pid)) if broker_pid else None,
-        "spark_driver_jvm": [round(v) for v in _java_children_peak_mb().values()],
+        "spark_driver_jvm": _spark_peak_mb(broker_pid),
     }
     name = "ingest" if tag == "ingest" else f"ingest-{tag}"
     _save(name, alone)  # kept even if the side-by-side part fails
@@ -187,7 +188,7 @@ def bench_ingest(
         "total_records": total,
         "peak_rss_mb": {
             "kafka_broker": round(rss_mb(broker_pid), 0) if broker_pid else None,
-            "spark_driver_jvm": [round(v) for v in _java_children_peak_mb().values()],
+            "spark_driver_jvm": _spark_peak_mb(broker_pid),
         },
     })
 

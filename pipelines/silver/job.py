@@ -19,9 +19,10 @@ with another timestamp, is still caught.
 
 from __future__ import annotations
 
+import operator
 from functools import partial, reduce
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
@@ -70,25 +71,24 @@ def ensure_silver(spark: SparkSession, settings: Settings) -> None:
     )
 
 
+def _same_record(a: str, b: str) -> Column:
+    """Whether the Kafka coordinates (topic, partition, offset) under column prefix
+    `a` equal those under prefix `b`."""
+    return reduce(operator.and_, (
+        F.col(f"{a}{c}") == F.col(f"{b}{c}") for c in ("topic", "partition", "offset")
+    ))
+
+
 def _flag(ranked: DataFrame, held: DataFrame, by: tuple[str, ...]) -> DataFrame:
     """`ranked` (see `rank_in_batch`) plus `_new` and `_duplicate` flags against the
     rows the tables already `held` (key `by` and coordinates, at most one per key);
     `first_*` of a duplicate points at the occurrence kept (the held row if any)."""
     held = held.select(*by, *(F.col(c).alias(f"held_{c}") for c in _COORDS))
     joined = ranked.join(held, on=list(by), how="left")
-    is_first = (
-        (F.col("source_topic") == F.col("first_topic"))
-        & (F.col("source_partition") == F.col("first_partition"))
-        & (F.col("source_offset") == F.col("first_offset"))
-    )
+    is_first = _same_record("source_", "first_")
     held_any = F.col("held_source_topic").isNotNull()
     # coalesce: with no held row the comparison is NULL, and NOT NULL filters nothing in.
-    held_self = F.coalesce(
-        (F.col("held_source_topic") == F.col("source_topic"))
-        & (F.col("held_source_partition") == F.col("source_partition"))
-        & (F.col("held_source_offset") == F.col("source_offset")),
-        F.lit(False),
-    )
+    held_self = F.coalesce(_same_record("held_source_", "source_"), F.lit(False))
     return joined.select(
         *ranked.columns[:-3],
         *(
