@@ -244,9 +244,12 @@ def _drain_concurrently(spark, settings) -> float:  # noqa: ANN001
     return time.monotonic() - started
 
 
-def bench_freshness(seconds: int, rate: int, pipeline_nice: int = 0) -> None:
+def bench_freshness(seconds: int, rate: int, pipeline_nice: int = 0, warmup: int = 0) -> None:
     """Event produced -> visible in gold.media_engagement, at a steady rate: probe
     events with their own media ids are sent every few seconds and polled for.
+
+    The load runs `warmup` seconds before the first probe: the first micro-batches of
+    a JVM are slow while it compiles the queries' code, and are not the steady state.
 
     `pipeline_nice` > 0 runs the Spark driver at that lower priority, so that the load
     generator (at normal priority, as producers on other machines would be) is not
@@ -279,7 +282,8 @@ def bench_freshness(seconds: int, rate: int, pipeline_nice: int = 0) -> None:
     in_topics_before = _in_topics(settings)
     load = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "simulate", "--events",
-         str(seconds * rate), "--rate", str(rate), "--now", "--seed", "9", "--pregenerate"],
+         str((warmup + seconds) * rate), "--rate", str(rate), "--now", "--seed", "9",
+         "--pregenerate"],
         env={**os.environ, "LAKEHOUSE_ROOT": settings.lakehouse.root,
              **{f"LAKEHOUSE_KAFKA__TOPICS__{k.upper()}__NAME": v.name
                 for k, v in settings.kafka.topics.items()},
@@ -291,6 +295,7 @@ def bench_freshness(seconds: int, rate: int, pipeline_nice: int = 0) -> None:
             raise RuntimeError(f"the load generator exited with {load.returncode}")
         time.sleep(0.5)
     producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
+    time.sleep(warmup)
     sent: dict[str, float] = {}
     seen: dict[str, float] = {}
     stop = threading.Event()
@@ -325,7 +330,7 @@ def bench_freshness(seconds: int, rate: int, pipeline_nice: int = 0) -> None:
         sent[probe] = sent_at
         i += 1
         time.sleep(5)
-    load.wait(timeout=seconds * 3)
+    load.wait(timeout=(warmup + seconds) * 3)
     deadline = time.time() + 180
     while len(seen) < len(sent) and time.time() < deadline:
         time.sleep(1)
@@ -341,7 +346,8 @@ def bench_freshness(seconds: int, rate: int, pipeline_nice: int = 0) -> None:
         return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1)
 
     _save(f"freshness-{rate}", {
-        "rate_events_per_s": rate, "seconds": seconds, "pipeline_nice": pipeline_nice,
+        "rate_events_per_s": rate, "seconds": seconds, "warmup_s": warmup,
+        "pipeline_nice": pipeline_nice,
         "probes": len(sent),
         "probes_seen": len(seen), "p50_s": pct(0.5), "p95_s": pct(0.95),
         "max_s": round(max(latencies), 1) if latencies else None,
@@ -380,6 +386,8 @@ def main() -> None:
     parser.add_argument("--only", default="simulate,ingest,freshness")
     parser.add_argument("--fresh-seconds", type=int, default=120)
     parser.add_argument("--fresh-rate", type=int, default=5000)
+    parser.add_argument("--fresh-warmup", type=int, default=60,
+                        help="freshness: seconds of load before the first probe")
     parser.add_argument("--pipeline-nice", type=int, default=0,
                         help="freshness: run Spark at this nice value, the load generator at 0")
     parser.add_argument("--side-records", type=int, default=None,
@@ -401,7 +409,8 @@ def main() -> None:
         bench_ingest(args.records, reuse=args.reuse, side_records=args.side_records,
                      tag=args.ingest_tag)
     if "freshness" in chosen:
-        bench_freshness(args.fresh_seconds, args.fresh_rate, args.pipeline_nice)
+        bench_freshness(args.fresh_seconds, args.fresh_rate, args.pipeline_nice,
+                        args.fresh_warmup)
 
 
 if __name__ == "__main__":

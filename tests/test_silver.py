@@ -170,13 +170,18 @@ def test_silver_survives_sigkill_mid_batch(spark, kafka_lake) -> None:
     manifest = simulate(kafka_lake.settings, 12_000, seed=3, progress=False)
     lake = kafka_lake
     run_layers(spark, lake.settings, ["bronze"], available_now=True)
-    # The first table a batch writes; quarantine is its last.
-    first_written = lake.settings.lakehouse.table_path("silver", "user_actions")
+    # A batch writes its four tables side by side: kill as soon as any one of them has
+    # committed (version 1; version 0 is the empty table), the others mostly not yet.
+    tables = [
+        lake.settings.lakehouse.table_path("silver", t)
+        for t in ("user_actions", "content_uploads", "system_events", "quarantine")
+    ]
     proc = lake.popen("stream", "--layers", "silver", "--available-now")
     try:
         deadline = time.monotonic() + 300
-        # Kill once a silver batch has committed part of its writes.
-        while _delta_versions(first_written) < 2 and time.monotonic() < deadline:
+        while (
+            max(_delta_versions(t) for t in tables) < 2 and time.monotonic() < deadline
+        ):
             assert proc.poll() is None, proc.stdout.read()
             time.sleep(0.1)
         proc.send_signal(signal.SIGKILL)

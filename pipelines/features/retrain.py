@@ -239,7 +239,9 @@ def evaluate_grid(
             "grid": results,
         }
     finally:
-        for df in (relevant, eval_users, exclude, users, items, ratings, popular):
+        # Dependents before what they are built on: uncaching a frame re-plans the
+        # cached frames that use it.
+        for df in (popular, ratings, items, users, exclude, eval_users, relevant):
             if df is not None:
                 df.unpersist()
 
@@ -385,7 +387,7 @@ def _final(
             "popularity_rows": _rows_written(spark, lake.table_path(LAYER, POPULARITY)),
         }
     finally:
-        for df in (exclude, users, items, ratings, popularity, scores):
+        for df in (scores, popularity, ratings, items, users, exclude):
             if df is not None:
                 df.unpersist()
 
