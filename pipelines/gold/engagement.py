@@ -252,7 +252,9 @@ def refresh(spark: SparkSession, conf: EngagementConf, events: DataFrame) -> dic
         "user_days": refresh_user_days,
         "days": refresh_active_days,
     }
-    written = side_by_side([partial(f, spark, conf, events) for f in refreshers.values()])
+    written = side_by_side(
+        spark, [partial(f, spark, conf, events) for f in refreshers.values()]
+    )
     return dict(zip(refreshers, written, strict=True))
 
 

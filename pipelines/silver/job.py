@@ -235,7 +235,7 @@ def process_batch(
         writes.append(partial(
             _append_rejected, settings, classified, dups, batch, app_id, batch_id
         ))
-        side_by_side(writes)
+        side_by_side(spark, writes)
     finally:
         # Dependents first: uncaching a frame re-plans every cached frame built on it,
         # and the fast path's plan is large (about 20 s per batch in this order).
