@@ -128,7 +128,9 @@ def _in_topics(settings) -> int:  # noqa: ANN001
     """Records the source topics hold (end offsets: the bench topics are never trimmed)."""
     from pipelines.ops.status import kafka_offsets
 
-    offsets, reason = kafka_offsets(settings.kafka.bootstrap, settings.kafka.source_topics)
+    offsets, reason = kafka_offsets(
+        settings.kafka.bootstrap, settings.kafka.source_topics, settings.kafka.admin_timeout_s
+    )
     if offsets is None:
         raise RuntimeError(f"cannot read the bench topics' offsets: {reason}")
     return sum(end for parts in offsets.values() for _, end in parts.values())

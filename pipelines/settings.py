@@ -58,6 +58,7 @@ class EmbeddedKafkaSettings(_Strict):
 
 class KafkaSettings(_Strict):
     bootstrap: str
+    admin_timeout_s: float = Field(gt=0)
     embedded: EmbeddedKafkaSettings
     topics: dict[str, TopicSettings]
 
@@ -184,6 +185,10 @@ class MetricsSettings(_Strict):
     port: int = Field(ge=1, le=65535)
 
 
+class QualitySettings(_Strict):
+    suites: str
+
+
 class Settings(_Strict):
     lakehouse: LakehouseSettings
     kafka: KafkaSettings
@@ -195,6 +200,7 @@ class Settings(_Strict):
     simulate: SimulateSettings
     maintenance: MaintenanceSettings
     metrics: MetricsSettings
+    quality: QualitySettings
 
     def topic(self, kind: str) -> TopicSettings:
         return self.kafka.topics[kind]
@@ -243,6 +249,7 @@ def _resolve_paths(tree: dict[str, Any], base: Path) -> None:
     emb = tree["kafka"]["embedded"]
     emb["data_dir"], emb["log_dir"] = fix(emb["data_dir"]), fix(emb["log_dir"])
     tree["simulate"]["manifest_dir"] = fix(tree["simulate"]["manifest_dir"])
+    tree["quality"]["suites"] = fix(tree["quality"]["suites"])
 
 
 def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:

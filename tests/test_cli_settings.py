@@ -32,11 +32,21 @@ def test_env_overrides_and_aliases() -> None:
         ({"LAKEHOUSE_TYPO": "x"}, "environment variable LAKEHOUSE_TYPO"),
         ({"LAKEHOUSE_STREAMING__MAX_BYTES_PER_TRIGGER": "128 MB"},
          "streaming.max_bytes_per_trigger: String should match pattern"),
+        ({"LAKEHOUSE_KAFKA__ADMIN_TIMEOUT_S": "0"},
+         "kafka.admin_timeout_s: Input should be greater than 0"),
     ],
 )
 def test_bad_settings_name_the_key(env: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError, match=message.replace(".", r"\.")):
         load_settings(env=env)
+
+
+def test_relative_paths_are_the_projects(tmp_path: Path, monkeypatch) -> None:  # noqa: ANN001
+    monkeypatch.chdir(tmp_path)  # not the caller's working directory
+    project = Path(__file__).parent.parent.resolve()
+    s = load_settings(env={"LAKEHOUSE_QUALITY__SUITES": "conf/other.yaml"})
+    assert s.quality.suites == str(project / "conf" / "other.yaml")
+    assert load_settings(env={}).quality.suites == str(project / "conf" / "quality.yaml")
 
 
 def test_unknown_key_in_file_is_named(tmp_path: Path) -> None:

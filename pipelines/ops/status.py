@@ -6,7 +6,7 @@ or not, from any process:
 - Kafka source (bronze): end offsets of the source topics minus the offsets of the
   latest *committed* batch (`offsets/<n>` is written when batch n is planned, `commits/<n>`
   when it is done; an uncommitted batch is still lag). A broker that does not answer
-  within `KAFKA_TIMEOUT_S` gives lag None with the reason, never an error.
+  within `kafka.admin_timeout_s` gives lag None with the reason, never an error.
 - Delta source (silver, gold): the table's current version minus the
   `reservoirVersion` of the committed offset; `lag_records` counts the rows added by
   the unprocessed commits (OPTIMIZE and VACUUM commits add none).
@@ -29,7 +29,6 @@ from pipelines.ops.accounting import accounting
 from pipelines.ops.catalog import BY_NAME, STREAMS, CatalogTable, StreamSource, existing_tables
 from pipelines.settings import Settings
 
-KAFKA_TIMEOUT_S = 5.0  # TODO(conf): kafka.admin_timeout_s
 QUARANTINE = BY_NAME["silver.quarantine"]
 
 
@@ -114,7 +113,7 @@ def committed_offsets(spark: SparkSession, checkpoint: str) -> tuple[int, dict[s
 
 
 def kafka_offsets(
-    bootstrap: str, topics: list[str], timeout_s: float = KAFKA_TIMEOUT_S
+    bootstrap: str, topics: list[str], timeout_s: float
 ) -> tuple[dict[str, dict[int, tuple[int, int]]] | None, str | None]:
     """({topic: {partition: (beginning, end)}}, None), or (None, reason) when the broker
     fails or does not answer within `timeout_s`."""
@@ -235,7 +234,7 @@ def stream_status(
     offset = committed[1] if committed else None
     if stream.is_kafka:
         offsets, reason = kafka or kafka_offsets(
-            settings.kafka.bootstrap, settings.kafka.source_topics
+            settings.kafka.bootstrap, settings.kafka.source_topics, settings.kafka.admin_timeout_s
         )
         row["processed"] = offset
         if offsets is None:

@@ -32,7 +32,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
 from pipelines.io.delta import table_exists
-from pipelines.quality.suites import SUITES_PATH, Rule, build_suite, load_suites
+from pipelines.quality.suites import Rule, build_suite, load_suites
 from pipelines.settings import Settings
 
 RESULTS_LAYER, RESULTS_TABLE = "ops", "quality_results"
@@ -175,7 +175,7 @@ def write_results(
 def run_quality(
     spark: SparkSession,
     settings: Settings,
-    suites_path: str | Path = SUITES_PATH,
+    suites_path: str | Path | None = None,
     record: bool = True,
 ) -> list[dict[str, Any]]:
     """Validate every table that has a suite; a missing table gives skipped rows.

@@ -31,9 +31,8 @@ from great_expectations.expectations.expectation import Expectation
 from great_expectations.expectations.metadata_types import FailureSeverity
 
 from pipelines.schemas.registry import latest_version, load_schema
-from pipelines.settings import PROJECT_ROOT, Settings
+from pipelines.settings import Settings
 
-SUITES_PATH = PROJECT_ROOT / "conf" / "quality.yaml"  # TODO(conf): quality.suites
 DEFAULT_SEVERITY = FailureSeverity.WARNING.value
 SEVERITIES = tuple(s.value for s in FailureSeverity)
 _REFERENCE_KEYS = frozenset({"schema", "setting", "constant"})
@@ -193,9 +192,9 @@ def parse_suites(tree: Mapping[str, Any], settings: Settings) -> dict[str, list[
     return suites
 
 
-def load_suites(settings: Settings, path: str | Path = SUITES_PATH) -> dict[str, list[Rule]]:
-    """Read and resolve the suites file."""
-    path = Path(path)
+def load_suites(settings: Settings, path: str | Path | None = None) -> dict[str, list[Rule]]:
+    """Read and resolve the suites file (by default `quality.suites` of the settings)."""
+    path = Path(path or settings.quality.suites)
     if not path.is_file():
         raise FileNotFoundError(f"quality suites file not found: {path}")
     try:
