@@ -207,8 +207,10 @@ def bench_ingest(
 def _forget_silver(settings) -> None:  # noqa: ANN001
     """Remove the silver tables and the silver checkpoint (bronze stays)."""
     from pipelines.silver.job import QUERY_NAME
+    from pipelines.silver.tables import LAYER, QUARANTINE, TABLES
 
-    shutil.rmtree(Path(settings.lakehouse.root) / "silver")
+    for name in [t.table for t in TABLES] + [QUARANTINE]:
+        shutil.rmtree(settings.lakehouse.table_path(LAYER, name))
     shutil.rmtree(settings.lakehouse.checkpoint(QUERY_NAME))
 
 

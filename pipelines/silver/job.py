@@ -162,17 +162,22 @@ def _new_events(
 def _append_rejected(
     settings: Settings,
     classified: DataFrame,
-    dups: DataFrame | None,
+    settled: DataFrame,
+    settled_to_join: DataFrame,
     batch: DataFrame,
     app_id: str,
     batch_id: int,
 ) -> None:
     """Bad records and duplicates -> quarantine, except rows it already holds (by
-    Kafka coordinates: a replay under a new checkpoint). `dups`: the batch's
-    duplicates (`_DUPLICATE_COLUMNS`), None when it has none."""
+    Kafka coordinates: a replay under a new checkpoint). `settled`: the batch's
+    not-new records, cached (`_sized`), `settled_to_join` the same marked for a
+    broadcast."""
     spark = batch.sparkSession
     rejected = quarantine_rows(classified)
-    if dups is not None:
+    # Checked on the cached frame, in this write's thread: the emptiness check is a
+    # Spark job that need not hold up the other tables' writes.
+    if not settled.filter("_duplicate").isEmpty():
+        dups = settled_to_join.filter("_duplicate").select(*_DUPLICATE_COLUMNS)
         rejected = rejected.unionByName(duplicate_rows(_with_values(dups, batch)))
     quarantine = settings.lakehouse.table_path(LAYER, QUARANTINE)
     already = spark.read.format("delta").load(quarantine).select(*_QUARANTINE_KEYS)
@@ -217,23 +222,20 @@ def process_batch(
         _, held = sized(_held(spark, settings, keys))
         # Every record that is not new: a later copy in the batch, a copy of a held
         # row, or a held row itself (a replay under a new checkpoint).
-        settled_cached, settled = sized(
+        settled, settled_to_join = sized(
             _flag(rank_in_batch(keys, repeated, _KEY), held, _KEY).filter(~F.col("_new"))
-        )
-        dups = (
-            None if settled_cached.filter("_duplicate").isEmpty()
-            else settled.filter("_duplicate").select(*_DUPLICATE_COLUMNS)
         )
         writes = [
             partial(
                 append_once,
-                _new_events(fast, classified, settled, table.event_type),
+                _new_events(fast, classified, settled_to_join, table.event_type),
                 settings.lakehouse.table_path(LAYER, table.table), app_id, batch_id,
             )
             for table in TABLES
         ]
         writes.append(partial(
-            _append_rejected, settings, classified, dups, batch, app_id, batch_id
+            _append_rejected, settings, classified, settled, settled_to_join, batch, app_id,
+            batch_id,
         ))
         side_by_side(spark, writes)
     finally:
