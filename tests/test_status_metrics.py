@@ -110,6 +110,7 @@ def test_status_tables_accounting_quarantine_and_delta_lag(spark, lake) -> None:
     streams = {s["query"]: s for s in report["streams"]}
     assert [lag(s) for s in report["streams"][1:]] == [
         ("silver_events", None, -1, 0, 1, 5),
+        ("gold_media_engagement", None, -1, 1, 2, 2),
         ("gold_engagement", None, -1, 1, 2, 2),
         ("gold_notifications", None, None, None, None, None),
         ("gold_health", 0, 0, 3, 3, 3),
@@ -142,10 +143,12 @@ def test_status_tables_accounting_quarantine_and_delta_lag(spark, lake) -> None:
         ("lakehouse_table_version", (("layer", "silver"), ("table", "system_events"))): 3,
         ("lakehouse_table_version", (("layer", "silver"), ("table", "quarantine"))): 0,
         ("lakehouse_stream_lag_records", (("query", "silver_events"),)): 5,
+        ("lakehouse_stream_lag_records", (("query", "gold_media_engagement"),)): 2,
         ("lakehouse_stream_lag_records", (("query", "gold_engagement"),)): 2,
         ("lakehouse_stream_lag_records", (("query", "gold_health"),)): 3,
         ("lakehouse_stream_lag_known", (("query", "bronze_events"),)): 0,
         ("lakehouse_stream_lag_known", (("query", "silver_events"),)): 1,
+        ("lakehouse_stream_lag_known", (("query", "gold_media_engagement"),)): 1,
         ("lakehouse_stream_lag_known", (("query", "gold_engagement"),)): 1,
         ("lakehouse_stream_lag_known", (("query", "gold_notifications"),)): 0,
         ("lakehouse_stream_lag_known", (("query", "gold_health"),)): 1,

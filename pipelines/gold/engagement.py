@@ -1,15 +1,22 @@
-"""Gold engagement job: silver.user_actions -> gold.media_engagement,
-gold.playback_sessions, gold.user_daily_engagement, gold.daily_active_users.
+"""Gold engagement jobs: silver.user_actions -> gold.media_engagement (query
+`gold_media_engagement`), and gold.playback_sessions, gold.user_daily_engagement,
+gold.daily_active_users (query `gold_engagement`).
 
 Stateless, exact and replay-safe. Each micro-batch only says *which keys* changed;
 their values are recomputed from the silver table itself and upserted, so an
 out-of-order event (which can merge or split sessions, or change the watch time of an
 earlier play) lands correctly, and replaying a batch writes the same rows again.
 
-Lateness: a batch's watermark is the max event time of all EARLIER batches (kept in
-ops.gold_progress, one row per batch id, so a replayed batch sees the same value)
-minus `gold.watermark`. Older events are recorded in ops.late_events and left for
-`lakehouse reconcile` (pipelines.gold.reconcile), which recomputes their keys.
+Two queries, so that the media windows (cheap: a window is five minutes of one
+media) are not held up by sessions and user days (a pair's whole history, a user's
+whole day), which cost several times more per batch.
+
+Lateness (`gold_engagement` only): a batch's watermark is the max event time of all
+EARLIER batches (kept in ops.gold_progress, one row per batch id, so a replayed batch
+sees the same value) minus `gold.watermark`. Older events are recorded in
+ops.late_events and left for `lakehouse reconcile` (pipelines.gold.reconcile), which
+recomputes their keys. `gold_media_engagement` refreshes the window of every event,
+late or not: one window costs the same either way.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from pipelines.settings import Settings
 from pipelines.silver.tables import ensure_silver_table, silver_schema
 
 QUERY_NAME = "gold_engagement"
+WINDOWS_QUERY_NAME = "gold_media_engagement"
 GOLD, OPS = "gold", "ops"
 MEDIA_ENGAGEMENT = "media_engagement"
 PLAYBACK_SESSIONS = "playback_sessions"
@@ -240,22 +248,32 @@ def refresh_active_days(spark: SparkSession, conf: EngagementConf, events: DataF
     return _upsert(spark, conf.gold[DAILY_ACTIVE], fresh, GOLD_KEYS[DAILY_ACTIVE])
 
 
-def refresh(spark: SparkSession, conf: EngagementConf, events: DataFrame) -> dict[str, int]:
-    """Recompute from silver every gold key that `events` (rows with KEY_COLUMNS) can
-    change and upsert it. Idempotent: running it twice writes the same rows.
+REFRESHERS = {
+    "windows": refresh_windows,
+    "sessions": refresh_sessions,
+    "user_days": refresh_user_days,
+    "days": refresh_active_days,
+}
+# What the `gold_engagement` query refreshes; the windows have a query of their own.
+ENGAGEMENT_PARTS = ("sessions", "user_days", "days")
 
-    The four tables are refreshed side by side (each MERGE writes its own table):
-    their many small Spark jobs and Delta's driver-side work overlap."""
-    refreshers = {
-        "windows": refresh_windows,
-        "sessions": refresh_sessions,
-        "user_days": refresh_user_days,
-        "days": refresh_active_days,
-    }
+
+def refresh(
+    spark: SparkSession,
+    conf: EngagementConf,
+    events: DataFrame,
+    parts: tuple[str, ...] = tuple(REFRESHERS),
+) -> dict[str, int]:
+    """Recompute from silver every key of the gold `parts` (names of REFRESHERS) that
+    `events` (rows with KEY_COLUMNS) can change and upsert it. Idempotent: running it
+    twice writes the same rows.
+
+    The tables are refreshed side by side (each MERGE writes its own table): their
+    many small Spark jobs and Delta's driver-side work overlap."""
     written = side_by_side(
-        spark, [partial(f, spark, conf, events) for f in refreshers.values()]
+        spark, [partial(REFRESHERS[part], spark, conf, events) for part in parts]
     )
-    return dict(zip(refreshers, written, strict=True))
+    return dict(zip(parts, written, strict=True))
 
 
 # --- the stream -----------------------------------------------------------------------
@@ -269,9 +287,20 @@ def _watermark(spark: SparkSession, conf: EngagementConf, batch_id: int) -> Data
     )
 
 
+def process_windows_batch(batch: DataFrame, batch_id: int, conf: EngagementConf) -> None:
+    """foreachBatch body of `gold_media_engagement`: refresh the media window of every
+    event of the batch. Safe to run again for the same batch id."""
+    events = batch.select(*KEY_COLUMNS).persist()
+    try:
+        refresh_windows(batch.sparkSession, conf, events)
+    finally:
+        events.unpersist()
+
+
 def process_batch(batch: DataFrame, batch_id: int, conf: EngagementConf) -> None:
-    """foreachBatch body: record late events, refresh the keys of on-time ones, then
-    record this batch's max event time. Safe to run again for the same batch id."""
+    """foreachBatch body of `gold_engagement`: record late events, refresh the sessions
+    and days of on-time ones, then record this batch's max event time. Safe to run
+    again for the same batch id."""
     spark = batch.sparkSession
     events = batch.select(*KEY_COLUMNS).persist()
     try:
@@ -294,7 +323,7 @@ def process_batch(batch: DataFrame, batch_id: int, conf: EngagementConf) -> None
             merge_insert_new(DeltaTable.forPath(spark, conf.late_events), late, ["event_id"])
         on_time = flagged.filter(~F.col("is_late")).select(*KEY_COLUMNS)
         if not on_time.isEmpty():
-            refresh(spark, conf, on_time)
+            refresh(spark, conf, on_time, ENGAGEMENT_PARTS)
         progress = events.agg(
             F.lit(batch_id).cast("bigint").alias("batch_id"),
             F.max("event_time").alias("max_event_time"),
@@ -306,12 +335,16 @@ def process_batch(batch: DataFrame, batch_id: int, conf: EngagementConf) -> None
 
 
 def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[StreamingQuery]:
+    """Both engagement queries, each with its own checkpoint over silver.user_actions."""
     conf = EngagementConf.from_settings(settings)
     ensure_tables(spark, conf)
-    writer = (
-        read_delta_stream(spark, conf.silver, settings.streaming)
-        .writeStream.queryName(QUERY_NAME)
-        .option("checkpointLocation", settings.lakehouse.checkpoint(QUERY_NAME))
-        .foreachBatch(retrying_batches(partial(process_batch, conf=conf), settings.streaming))
-    )
-    return [start_with_trigger(writer, available_now, settings.streaming.trigger, QUERY_NAME)]
+    queries = []
+    for name, body in ((WINDOWS_QUERY_NAME, process_windows_batch), (QUERY_NAME, process_batch)):
+        writer = (
+            read_delta_stream(spark, conf.silver, settings.streaming)
+            .writeStream.queryName(name)
+            .option("checkpointLocation", settings.lakehouse.checkpoint(name))
+            .foreachBatch(retrying_batches(partial(body, conf=conf), settings.streaming))
+        )
+        queries.append(start_with_trigger(writer, available_now, settings.streaming.trigger, name))
+    return queries

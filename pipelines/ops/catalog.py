@@ -77,7 +77,8 @@ class StreamSource:
 STREAMS: tuple[StreamSource, ...] = (
     StreamSource("bronze_events", "kafka", "bronze.events"),
     StreamSource("silver_events", "bronze.events", "silver.*"),
-    StreamSource("gold_engagement", "silver.user_actions", "gold.media_engagement, ..."),
+    StreamSource("gold_media_engagement", "silver.user_actions", "gold.media_engagement"),
+    StreamSource("gold_engagement", "silver.user_actions", "gold.playback_sessions, ..."),
     StreamSource("gold_notifications", "silver.content_uploads", "gold.notifications"),
     StreamSource("gold_health", "silver.system_events", "ops.host_status, ..."),
 )
