@@ -78,6 +78,14 @@ class KafkaSettings(_Strict):
         return [t.name for k, t in self.topics.items() if k != "notifications"]
 
 
+class PoolSettings(_Strict):
+    """A FAIR scheduler pool. `min_share`: task slots the pool is served first up to;
+    above that, free slots go to the pool with the fewest running tasks per `weight`."""
+
+    weight: int = Field(default=1, ge=1)
+    min_share: int = Field(default=0, ge=0)
+
+
 class SparkSettings(_Strict):
     master: str
     app_name: str
@@ -85,6 +93,9 @@ class SparkSettings(_Strict):
     shuffle_partitions: int = Field(ge=1)
     packages: list[str]
     fetch_jars: bool = True  # false under spark-submit, where --packages/--jars provide them
+    # FAIR scheduler pools by name (each streaming query runs in the pool of its name);
+    # a pool not listed has weight 1 and no min share.
+    pools: dict[str, PoolSettings] = {}
     extra_conf: dict[str, str] = {}
 
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
+import tempfile
 from pathlib import Path
+from xml.sax.saxutils import quoteattr
 
 from pyspark.sql import SparkSession
 
 from pipelines import jars
-from pipelines.settings import SparkSettings
+from pipelines.settings import PoolSettings, SparkSettings
 
 
 def pyspark_jars_dir() -> Path:
@@ -21,6 +24,29 @@ def pyspark_jars_dir() -> Path:
 def connector_jars(spark: SparkSettings) -> list[str]:
     """Local paths of the Delta + Kafka connector jars (fetched by Maven once)."""
     return [str(j) for j in jars.fetch("spark", spark.packages, provided_dir=pyspark_jars_dir())]
+
+
+def fair_pools_xml(pools: dict[str, PoolSettings]) -> str:
+    """Spark's FAIR scheduler allocation file declaring `pools` (FIFO inside each)."""
+    entries = "".join(
+        f"  <pool name={quoteattr(name)}><schedulingMode>FIFO</schedulingMode>"
+        f"<weight>{pool.weight}</weight><minShare>{pool.min_share}</minShare></pool>\n"
+        for name, pool in pools.items()
+    )
+    return f'<?xml version="1.0"?>\n<allocations>\n{entries}</allocations>\n'
+
+
+def _pools_file(pools: dict[str, PoolSettings]) -> str:
+    """The allocation file of `pools` in the temp folder, named by its content (so
+    sessions with other pools never share one), written atomically."""
+    text = fair_pools_xml(pools)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"lakehouse-pools-{digest}.xml"
+    if not path.exists():
+        partial = path.with_suffix(f".{os.getpid()}.tmp")
+        partial.write_text(text)
+        partial.replace(path)
+    return str(path)
 
 
 def build_spark(spark: SparkSettings, extra: dict[str, str] | None = None) -> SparkSession:
@@ -45,6 +71,8 @@ def build_spark(spark: SparkSettings, extra: dict[str, str] | None = None) -> Sp
         builder = builder.master(spark.master)
     if spark.fetch_jars:
         builder = builder.config("spark.jars", ",".join(connector_jars(spark)))
+    if spark.pools:
+        builder = builder.config("spark.scheduler.allocation.file", _pools_file(spark.pools))
     for key, value in {**spark.extra_conf, **(extra or {})}.items():
         builder = builder.config(key, value)
     session = builder.getOrCreate()

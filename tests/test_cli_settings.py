@@ -88,3 +88,18 @@ def test_schemas_check_exit_codes(tmp_path: Path) -> None:
     assert breaking.exit_code == 1
     assert "field_removed" in breaking.stdout
     assert runner.invoke(app, ["schemas", "check", "--all"]).exit_code == 0
+
+
+def test_fair_pools_become_an_allocation_file() -> None:
+    import xml.etree.ElementTree as ET
+
+    from pipelines.settings import PoolSettings
+    from pipelines.spark import fair_pools_xml
+
+    xml = fair_pools_xml({"silver_events": PoolSettings(weight=2, min_share=2),
+                          'odd "name" <&>': PoolSettings()})
+    pools = {p.get("name"): (p.findtext("schedulingMode"), p.findtext("weight"),
+                             p.findtext("minShare")) for p in ET.fromstring(xml).iter("pool")}
+    assert pools == {"silver_events": ("FIFO", "2", "2"), 'odd "name" <&>': ("FIFO", "1", "0")}
+    with pytest.raises(SettingsError, match="spark.pools.silver_events.weight"):
+        load_settings(env={"LAKEHOUSE_SPARK__POOLS__SILVER_EVENTS__WEIGHT": "0"})

@@ -45,3 +45,16 @@ def test_threads_inherit_the_callers_scheduler_pool(spark) -> None:
     finally:
         sc.setLocalProperty("spark.scheduler.pool", None)
     assert pools == ["silver_events", "silver_events"]
+
+
+def test_configured_pools_are_known_to_the_scheduler(spark) -> None:
+    # conf/local.yaml's pools, read by Spark from the allocation file build_spark wrote.
+    from pipelines.settings import load_settings
+
+    pools = load_settings().spark.pools
+    assert pools, "the local conf declares the streaming queries' pools"
+    scheduler = spark.sparkContext._jsc.sc()
+    for name, conf in pools.items():
+        pool = scheduler.getPoolForName(name)
+        assert pool.isDefined(), name
+        assert (pool.get().weight(), pool.get().minShare()) == (conf.weight, conf.min_share)
