@@ -103,3 +103,11 @@ def test_fair_pools_become_an_allocation_file() -> None:
     assert pools == {"silver_events": ("FIFO", "2", "2"), 'odd "name" <&>': ("FIFO", "1", "0")}
     with pytest.raises(SettingsError, match="spark.pools.silver_events.weight"):
         load_settings(env={"LAKEHOUSE_SPARK__POOLS__SILVER_EVENTS__WEIGHT": "0"})
+
+
+def test_configured_pools_name_real_queries() -> None:
+    # A pool is matched by the query's name: a misspelt one would be a pool nothing runs in.
+    from pipelines.ops.catalog import STREAMS
+
+    for conf in ("conf/local.yaml", "conf/cluster.yaml"):
+        assert set(load_settings(conf, env={}).spark.pools) <= {s.query for s in STREAMS}, conf
