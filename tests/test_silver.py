@@ -17,7 +17,7 @@ from pyspark.testing import assertDataFrameEqual
 from pipelines.schemas.registry import v1_event_id
 from pipelines.silver.fastpath import fast_classify
 from pipelines.silver.job import ensure_silver, process_batch
-from pipelines.silver.transforms import classify_records, contested, settle, to_events
+from pipelines.silver.transforms import classify_records, rank_in_batch, to_events
 
 UA, CU = "media.user-actions", "media.content-uploads"
 TOPIC_TYPES = {UA: "user_action", CU: "content_upload"}
@@ -73,41 +73,14 @@ def test_to_events_types_and_upcasts(spark) -> None:
     assertDataFrameEqual(events, spark.createDataFrame(expected, events.schema))
 
 
-_KEYS = "event_id string, source_topic string, source_partition int, source_offset long"
-
-
-def test_contested_keeps_the_held_row_else_the_batch_earliest(spark) -> None:
-    batch = spark.createDataFrame([
-        ("a", UA, 1, 5), ("a", UA, 0, 9),  # twice in the batch, not held
-        ("b", UA, 0, 3),                   # once, held elsewhere
-        ("c", UA, 0, 4),                   # once, held under its own coordinates
-        ("d", UA, 2, 7),                   # once, not held: not contested
-    ], _KEYS)
-    held = spark.createDataFrame([
-        ("b", UA, 2, 1), ("c", UA, 0, 4),
-        ("e", UA, 0, 1),                   # held, not in the batch: not contested
-    ], _KEYS)
+def test_rank_in_batch_points_duplicates_at_first(spark) -> None:
+    rows = [(UA, 1, 5, json.dumps(V2), True), (UA, 0, 9, json.dumps(V2), True),
+            (UA, 0, 3, json.dumps(V1), True)]
+    classified = classify_records(_bronze(spark, rows), TOPIC_TYPES, max_bytes=4096)
+    ranked = rank_in_batch(to_events(classified, "user_action"))
     assertDataFrameEqual(
-        contested(batch, held),
-        [("a", UA, 0, 9, False), ("b", UA, 2, 1, True), ("c", UA, 0, 4, True)],
-    )
-
-
-def test_settle_flags_later_copies_and_replays(spark) -> None:
-    batch = spark.createDataFrame([
-        ("a", UA, 1, 5), ("a", UA, 0, 9), ("b", UA, 0, 3), ("c", UA, 0, 4), ("d", UA, 2, 7),
-    ], _KEYS)
-    disputed = spark.createDataFrame(
-        [("a", UA, 0, 9, False), ("b", UA, 2, 1, True), ("c", UA, 0, 4, True)],
-        "event_id string, first_topic string, first_partition int, first_offset long, "
-        "held boolean",
-    )
-    # a@0:9 is the first copy (new, not settled); d is not contested (new).
-    assertDataFrameEqual(
-        settle(batch, disputed),
-        [("a", UA, 1, 5, UA, 0, 9, True),   # a later copy in the batch
-         ("b", UA, 0, 3, UA, 2, 1, True),   # a copy of a held row
-         ("c", UA, 0, 4, UA, 0, 4, False)], # the held row itself: neither
+        ranked.select("source_partition", "source_offset", "first_partition", "first_offset"),
+        [(1, 5, 0, 9), (0, 9, 0, 9), (0, 3, 0, 3)],
     )
 
 

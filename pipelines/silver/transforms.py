@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import operator
 from collections.abc import Iterator
-from functools import reduce
 
 import pyarrow as pa
 from pyspark.sql import Column, DataFrame
@@ -130,48 +128,41 @@ def as_silver_rows(records: DataFrame, event: list[Column], event_type: str) -> 
     )
 
 
-_KEPT = ("topic", "partition", "offset")
+def repeated_ids(events: DataFrame, by: tuple[str, ...] = ("event_id",)) -> DataFrame:
+    """`by` (the event_id, and whatever else scopes it) plus the coordinates
+    (first_topic, first_partition, first_offset) of its earliest record (by topic,
+    partition, offset), for every key that `events` holds more than once. An
+    aggregate of the keys and coordinates only, so wide rows are never shuffled or
+    sorted."""
+    first = F.min(F.struct("source_topic", "source_partition", "source_offset"))
+    return (
+        events.groupBy(*by)
+        .agg(F.count(F.lit(1)).alias("_n"), first.alias("_first"))
+        .filter(F.col("_n") > 1)
+        .select(
+            *by,
+            F.col("_first.source_topic").alias("first_topic"),
+            F.col("_first.source_partition").alias("first_partition"),
+            F.col("_first.source_offset").alias("first_offset"),
+        )
+    )
 
 
-def contested(
-    batch_keys: DataFrame, held_keys: DataFrame, by: tuple[str, ...] = ("event_id",)
+def rank_in_batch(
+    events: DataFrame, repeated: DataFrame | None = None, by: tuple[str, ...] = ("event_id",)
 ) -> DataFrame:
-    """The keys (`by`: the event_id and whatever else scopes it) that decide anything:
-    held by the batch more than once, or by the batch and `held_keys` (the rows the
-    tables already hold). For each, the coordinates of the occurrence kept
-    (`first_topic`, `first_partition`, `first_offset`): the earliest held row if
-    any, else the batch's earliest record (by topic, partition, offset); and `held`,
-    whether that is a held row. Both inputs are keys plus `source_*` coordinates;
-    one aggregate over them, so wide rows are never shuffled or sorted."""
-    at = F.struct(*(f"source_{c}" for c in _KEPT)).alias("_at")
-    rows = batch_keys.select(*by, at, F.lit(False).alias("_held")).unionByName(
-        held_keys.select(*by, at, F.lit(True).alias("_held"))
-    )
-    grouped = rows.groupBy(*by).agg(
-        F.count_if(~F.col("_held")).alias("_in_batch"),
-        F.min(F.when(F.col("_held"), F.col("_at"))).alias("_held_at"),
-        F.min(F.when(~F.col("_held"), F.col("_at"))).alias("_batch_at"),
-    )
-    held = F.col("_held_at").isNotNull()
-    kept = F.coalesce("_held_at", "_batch_at")
-    return grouped.filter((F.col("_in_batch") > 1) | ((F.col("_in_batch") == 1) & held)).select(
-        *by, *(kept[f"source_{c}"].alias(f"first_{c}") for c in _KEPT), held.alias("held")
-    )
-
-
-def settle(
-    batch_keys: DataFrame, contested: DataFrame, by: tuple[str, ...] = ("event_id",)
-) -> DataFrame:
-    """The batch's records that are not new (keys and coordinates, `first_*` of the
-    occurrence kept, see `contested`), with `_duplicate`: true for a later copy in
-    the batch or a copy of a held row; false for a record that is itself the held
-    row (a replay under a new checkpoint), which is neither new nor a duplicate."""
-    joined = batch_keys.join(contested, on=list(by), how="inner")
-    is_kept = reduce(
-        operator.and_, (F.col(f"source_{c}") == F.col(f"first_{c}") for c in _KEPT)
-    )
-    return joined.filter(~is_kept | F.col("held")).select(
-        *batch_keys.columns, *(f"first_{c}" for c in _KEPT), (~is_kept).alias("_duplicate")
+    """Adds `first_*` columns: the coordinates of the earliest record with the same
+    key (`by`) in this batch (its own for a unique key); a row is the first
+    occurrence when they are its own. `repeated` is `repeated_ids(events, by)` when
+    already at hand (the caller may have sized it for a broadcast)."""
+    repeated = repeated_ids(events, by) if repeated is None else repeated
+    joined = events.join(repeated, on=list(by), how="left")
+    return joined.select(
+        *events.columns,
+        *(
+            F.coalesce(F.col(f"first_{c}"), F.col(f"source_{c}")).alias(f"first_{c}")
+            for c in ("topic", "partition", "offset")
+        ),
     )
 
 
@@ -184,7 +175,7 @@ def quarantine_rows(classified: DataFrame) -> DataFrame:
 
 
 def duplicate_rows(dups: DataFrame) -> DataFrame:
-    """Events seen before (columns of `settle`, `first_*` pointing at the
+    """Events seen before (columns of `rank_in_batch`, `first_*` pointing at the
     occurrence kept, plus the raw `value`) -> quarantine rows with code `duplicate`."""
     detail = F.format_string(
         "duplicate: event_id %s was already accepted from %s[%d]@%d",
