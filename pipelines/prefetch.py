@@ -1,10 +1,11 @@
-"""Fetch every jar the project needs (Kafka broker, Spark connectors) once."""
+"""Fetch every jar the project needs (Kafka broker, Spark connectors) once, and build
+the project's own (silver's fast path)."""
 
 from __future__ import annotations
 
 import sys
 
-from pipelines import jars
+from pipelines import jars, jvm
 from pipelines.kafka.embedded import broker_coordinates
 from pipelines.settings import load_settings
 from pipelines.spark import pyspark_jars_dir
@@ -16,10 +17,16 @@ def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "--coordinates":
         print(",".join(load_settings(sys.argv[2]).spark.packages))
         return
+    # `--project-jar`: build the project's own jar if needed and print its path, for
+    # spark-submit --jars.
+    if sys.argv[1:] == ["--project-jar"]:
+        print(jvm.project_jar(pyspark_jars_dir()))
+        return
     settings = load_settings()
     broker = jars.fetch("kafka", broker_coordinates(settings.kafka.embedded.version))
     spark = jars.fetch("spark", settings.spark.packages, provided_dir=pyspark_jars_dir())
-    print(f"jars ready: {len(broker)} for the Kafka broker, {len(spark)} for Spark")
+    own = jvm.project_jar(pyspark_jars_dir())
+    print(f"jars ready: {len(broker)} for the Kafka broker, {len(spark)} for Spark, {own.name}")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ from xml.sax.saxutils import quoteattr
 
 from pyspark.sql import SparkSession
 
-from pipelines import jars
+from pipelines import jars, jvm
 from pipelines.settings import PoolSettings, SparkSettings
 
 
@@ -22,8 +22,10 @@ def pyspark_jars_dir() -> Path:
 
 
 def connector_jars(spark: SparkSettings) -> list[str]:
-    """Local paths of the Delta + Kafka connector jars (fetched by Maven once)."""
-    return [str(j) for j in jars.fetch("spark", spark.packages, provided_dir=pyspark_jars_dir())]
+    """Local paths of the Delta + Kafka connector jars (fetched by Maven once) and of
+    the project's own jar (silver's fast path, compiled once)."""
+    fetched = jars.fetch("spark", spark.packages, provided_dir=pyspark_jars_dir())
+    return [*map(str, fetched), str(jvm.project_jar(pyspark_jars_dir()))]
 
 
 def fair_pools_xml(pools: dict[str, PoolSettings]) -> str:
@@ -53,7 +55,7 @@ def build_spark(spark: SparkSettings, extra: dict[str, str] | None = None) -> Sp
     """Create (or return the running) SparkSession configured for the lakehouse.
 
     An empty `master` leaves it to spark-submit; `fetch_jars: false` leaves the
-    classpath to spark-submit's `--packages` (see conf/cluster.yaml).
+    classpath to spark-submit's `--packages` and `--jars` (see conf/cluster.yaml).
     """
     # Python workers must be this interpreter (the venv), not whatever `python3`
     # is first on PATH: silver's classifier needs the venv's pyarrow and schemas.

@@ -38,8 +38,16 @@ def _compact(payload: object, **kwargs: object) -> str:
 def _hand_made() -> list[tuple[str, str, bool]]:
     """(topic, value, value_utf8): edges of every keyword and of the round trip."""
     ua = [
-        _compact(V2), _compact(V1), json.dumps(V2),  # spaces: declined
-        _compact({k: V2[k] for k in reversed(V2)}),  # another key order: declined
+        _compact(V2), _compact(V1), json.dumps(V2),  # spaces
+        _compact({k: V2[k] for k in reversed(V2)}),  # another key order
+        "\ufeff" + _compact(V2),  # a byte-order mark: Python's json refuses it
+        _compact(V2) + " ", _compact(V2) + " x", _compact(V2) + "{}",  # after the object
+        _compact({**V2, "userId": "\U0001F600"}, ensure_ascii=False),  # 4 UTF-8 bytes
+        _compact(V2).replace('"u2"', '"\\ud800"'),  # a lone one
+        _compact(V2).replace('"u2"', '"\\ud83d\\ude00"'),  # a pair, escaped
+        _compact(V2).replace('"userId"', '"\\u0075serId"'),  # an escaped key
+        _compact({**V2, "positionMs": 0}).replace(':0,', ':-0,'),
+        _compact({**V2, "positionMs": 2**63 - 1}), _compact({**V2, "positionMs": 2**63}),
         _compact({**V2, "sessionId": None}), _compact({**V2, "extra": 1}),
         _compact(V2)[:-1] + ',"userId":"u3"}',  # a duplicate key
         _compact({**V2, "userId": "Zoë"}), _compact({**V2, "userId": "Zoë"}, ensure_ascii=False),
@@ -135,9 +143,11 @@ def test_fast_path_agrees_with_the_python_classifier(spark) -> None:
                  _compact({**V2, "userId": 'a"b\\c/d\n'}),
                  _compact({**V2, "timestamp": "2026-11-01T09:30:00.5Z"}),
                  _compact({**V1, "timestamp": "2026-11-01T09:30:00-08:00"}),
+                 json.dumps(V2), _compact({k: V2[k] for k in reversed(V2)}),
+                 _compact(V2).replace('"userId"', '"\\u0075serId"'),
                  _compact(SE1), _compact({**SE1, "cpuPct": 100.0}), _compact(CU1)]
     assert {hand.index((t, v, True)) for t, v in zip(
-        [UA] * 6 + [SE, SE, CU], must_take, strict=True)} <= accepted
+        [UA] * 9 + [SE, SE, CU], must_take, strict=True)} <= accepted
     # The generated valid records (the bulk of real traffic) nearly all take it.
     generated_valid = classified.filter(
         f"error_code is null and offset >= {len(hand)}").count()

@@ -1,33 +1,35 @@
 """The silver classifier's JVM fast path: records that are certainly valid are typed
-(and upcast) by Spark built-ins; only the rest go to the Python classifier.
+(and upcast) in the JVM; only the rest go to the Python classifier.
 
-A record of event type E takes the fast path under version V when
-- its bytes are UTF-8 and within the size limit;
-- it round-trips: `to_json(from_json(value, wire(V))) == value`, where wire(V) is
-  V's fields in schema order, date-times kept as strings. Spark re-serialises
-  compactly, in schema order, dropping nulls, so equality means the record is a
-  JSON object with no other keys, no duplicate or null keys, and every value of
-  exactly its JSON type (a number in a string field comes back quoted, 5.0 in an
-  integer field does not parse, 45 in a number field comes back as 45.0);
-- the remaining keywords of V's JSON Schema hold, as SQL predicates derived from
-  the schema file (required, const, enum, minimum, maximum, anchored pattern,
-  and date-time restricted to `T`, at most 6 fraction digits, `Z` or `+hh:mm`).
+A record of event type E takes the fast path under version V when its bytes are
+UTF-8 and within the size limit and `JsonSchemaFastPath` (Java, in `jvm/`) accepts
+them for V: one pass of Jackson's streaming parser checks that the record is a JSON
+object whose keys are all V's, none twice, none null, every value of exactly its
+JSON type, and that V's keywords hold (required, const, enum, minimum, maximum,
+anchored pattern, and date-time in one strict form: `T`, at most 6 fraction
+digits, `Z` or `+hh:mm`). Its rules come from a spec derived here from the schema
+file. Upcasts to the latest version are SQL (`_SQL_UPCASTERS`).
 
 Everything the derivation does not understand (another keyword, another
-date-time form, another serialisation, an upcast step without a SQL twin) sends
-the record to the Python classifier, which stays the definition: the fast path
-may only decline, never decide differently. `tests/test_silver_fastpath.py`
-checks that differentially on generated and hand-made records.
+date-time form, an upcast step without a SQL twin) and everything the Java side
+finds unusual sends the record to the Python classifier, which stays the
+definition: the fast path may only decline, never decide differently.
+`tests/test_silver_fastpath.py` checks that differentially on generated and
+hand-made records.
+
+Before (bench/results/silver-jvm-fastpath.json) the same checks were Spark
+built-ins: `from_json`, a `to_json` round trip and SQL predicates, which made a
+large generated projection (slow to compile in a new JVM) and cost more per record.
 """
 
 from __future__ import annotations
 
-import operator
+import json
 from collections.abc import Callable
-from functools import cache, reduce
+from functools import cache
 from typing import Any
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
@@ -47,14 +49,6 @@ BRONZE_COLUMNS = ["topic", "partition", "offset", "value", "value_utf8"]
 _ANNOTATIONS = {"$schema", "title", "description"}
 _PROPERTY_KEYWORDS = {"type", "const", "enum", "minimum", "maximum", "pattern", "format"}
 _WIRE_TYPES = {"string": T.StringType(), "integer": T.LongType(), "number": T.DoubleType()}
-# The only date-time form taken here: upper-case `T`, up to microseconds, `Z` or an
-# offset.
-_DATE_TIME = (
-    r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,6})?(Z|[+-]\d{2}:\d{2})\z"
-)
-# Reading NaN/Infinity would round-trip; Python's json reads them too, but leave
-# them to the Python classifier.
-_JSON_OPTIONS = {"allowNonNumericNumbers": "false"}
 
 
 def _java_anchored(pattern: str) -> str | None:
@@ -75,26 +69,41 @@ def _supported(prop: dict[str, Any]) -> bool:
     )
 
 
-def _property_check(value: Column, prop: dict[str, Any]) -> Column:
-    """Predicate of one (`_supported`) property's keywords on its non-null value."""
-    checks = [F.lit(True)]
-    if prop["type"] == "number":
-        checks.append(~F.isnan(value))
-    if "const" in prop:
-        checks.append(value == F.lit(prop["const"]))
-    if "enum" in prop:
-        checks.append(value.isin(list(prop["enum"])))
-    if "minimum" in prop:
-        checks.append(value >= F.lit(prop["minimum"]))
-    if "maximum" in prop:
-        checks.append(value <= F.lit(prop["maximum"]))
-    if "pattern" in prop:
-        checks.append(value.rlike(_java_anchored(prop["pattern"])))
-    if "format" in prop:
-        instant = value.try_cast("timestamp")
-        # Python's datetime holds years 1 to 9999 only, in UTC too.
-        checks.append(value.rlike(_DATE_TIME) & F.year(instant).between(1, 9999))
-    return reduce(operator.and_, checks)
+def _spec(schema: dict[str, Any]) -> str:
+    """What `JsonSchemaFastPath` checks of a (`fast_versions`) schema, as JSON: its
+    properties in schema order (the order of the row it returns)."""
+    required = set(schema.get("required", []))
+    properties = []
+    for name, prop in schema["properties"].items():
+        rules: dict[str, Any] = {"name": name, "type": prop["type"], "required": name in required}
+        rules.update({k: prop[k] for k in ("const", "enum", "minimum", "maximum") if k in prop})
+        if "pattern" in prop:
+            rules["pattern"] = _java_anchored(prop["pattern"])
+        rules["date_time"] = prop.get("format") == "date-time"
+        properties.append(rules)
+    return json.dumps({"properties": properties})
+
+
+_JAVA_CLASS = "lakehouse.silver.JsonSchemaFastPath"
+
+
+def _register(spark: SparkSession, event_type: str, version: int) -> str:
+    """Registers the fast path of one version as a SQL function; returns its name."""
+    from py4j.java_gateway import JavaClass
+
+    fast_path = spark._jvm
+    for part in _JAVA_CLASS.split("."):
+        fast_path = getattr(fast_path, part)
+    if not isinstance(fast_path, JavaClass):
+        raise RuntimeError(
+            f"{_JAVA_CLASS} is not on Spark's classpath: silver's fast path is the "
+            "project's own jar; with fetch_jars: false give it to spark-submit as "
+            "--jars \"$(python -m pipelines.prefetch --project-jar)\""
+        )
+    schema = _json_schema(event_type, version)
+    name = f"lakehouse_fast_path_{event_type}_v{version}"
+    fast_path.register(spark._jsparkSession, name, _spec(schema), _wire_schema(schema).json())
+    return name
 
 
 def _wire_schema(schema: dict[str, Any]) -> T.StructType:
@@ -169,18 +178,6 @@ def fast_versions(event_type: str) -> tuple[int, ...]:
     return tuple(found)
 
 
-def _accepted(parsed: Column, value: Column, schema: dict[str, Any]) -> Column:
-    required = set(schema.get("required", []))
-    condition = F.to_json(parsed) == value
-    for name, prop in schema["properties"].items():
-        field = parsed[name]
-        check = _property_check(field, prop)
-        condition = condition & (
-            (field.isNotNull() & check) if name in required else (field.isNull() | check)
-        )
-    return condition
-
-
 def _typed_event(parsed: Column, event_type: str, version: int) -> Column:
     """The accepted record as a struct of its silver event columns (latest version)."""
     schema = _json_schema(event_type, version)
@@ -195,16 +192,6 @@ def _typed_event(parsed: Column, event_type: str, version: int) -> Column:
     return F.struct(*columns, F.lit(version).alias("schema_version"))
 
 
-def _may_round_trip(value: Column, schema: dict[str, Any]) -> Column:
-    """A cheap necessary condition of the round trip, checked before parsing: when the
-    first property is required, the record must start with it (so a v2 record is not
-    also parsed as v1, nor the other way round)."""
-    first = next(iter(schema["properties"]))
-    if first not in schema.get("required", []):
-        return F.lit(True)
-    return value.startswith(f'{{"{first}":')
-
-
 def _parsed_column(event_type: str, version: int) -> str:
     return f"_parsed_{event_type}_v{version}"
 
@@ -217,32 +204,30 @@ def fast_classify(
     `_event_id` of a record that took it; `_suspect` is true for the records left to
     the Python classifier, and only they keep their `value`."""
     eligible = F.col("value_utf8") & (F.octet_length("value") <= max_bytes)
-    value = F.col("value")
+    value = F.col("value").cast("binary")  # a no-op on bronze, where it is binary
     by_type = {
         event_type: [t for t, e in topic_event_types.items() if e == event_type]
         for event_type in sorted(set(topic_event_types.values()))
     }
-    # Parsed once, in a projection of its own: referenced from inside CASE and AND
-    # branches, a from_json would otherwise be evaluated again for every reference
-    # (Spark only shares subexpressions on always-evaluated paths).
+    spark = bronze.sparkSession
+    # Parsed once, in a projection of its own: referenced from inside CASE branches,
+    # the function would otherwise be called again for every reference (Spark only
+    # shares subexpressions on always-evaluated paths).
     parsed = bronze.select(*BRONZE_COLUMNS, *(
         F.when(
-            eligible & F.col("topic").isin(topics) & _may_round_trip(value, schema),
-            F.from_json(value, _wire_schema(schema), _JSON_OPTIONS),
+            eligible & F.col("topic").isin(topics),
+            F.call_function(_register(spark, event_type, version), value),
         ).alias(_parsed_column(event_type, version))
         for event_type, topics in by_type.items()
         for version in fast_versions(event_type)
-        for schema in [_json_schema(event_type, version)]
     ))
     structs = []
     for event_type in by_type:
         typed: Column = F.lit(None)
         for version in fast_versions(event_type):
-            schema = _json_schema(event_type, version)
             struct = F.col(_parsed_column(event_type, version))
             typed = F.when(
-                struct.isNotNull() & _accepted(struct, value, schema),
-                _typed_event(struct, event_type, version),
+                struct.isNotNull(), _typed_event(struct, event_type, version),
             ).otherwise(typed)
         structs.append(typed.alias(fast_column(event_type)))
     # The event type and id again as plain columns: the dedup reads only them, and a
