@@ -2,6 +2,7 @@
 
     spark-submit --master spark://master:7077 \\
       --packages "$(python -m pipelines.prefetch --coordinates conf/cluster.yaml)" \\
+      --jars "$(python -m pipelines.prefetch --project-jar)" \\
       jobs/lakehouse_job.py stream --conf conf/cluster.yaml --layers bronze
 
 Any command works the same way (stream, retrain, maintain, quality, reconcile).

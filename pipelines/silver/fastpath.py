@@ -24,6 +24,7 @@ large generated projection (slow to compile in a new JVM) and cost more per reco
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Callable
 from functools import cache
@@ -101,8 +102,12 @@ def _register(spark: SparkSession, event_type: str, version: int) -> str:
             "--jars \"$(python -m pipelines.prefetch --project-jar)\""
         )
     schema = _json_schema(event_type, version)
-    name = f"lakehouse_fast_path_{event_type}_v{version}"
-    fast_path.register(spark._jsparkSession, name, _spec(schema), _wire_schema(schema).json())
+    spec = _spec(schema)
+    # Named by its rules: registered once per session, a new name if the schema changes.
+    digest = hashlib.sha256(spec.encode()).hexdigest()[:12]
+    name = f"lakehouse_fast_path_{event_type}_v{version}_{digest}"
+    if not spark.catalog.functionExists(name):
+        fast_path.register(spark._jsparkSession, name, spec, _wire_schema(schema).json())
     return name
 
 
