@@ -207,7 +207,7 @@ def fast_classify(
     """Bronze rows plus one struct column per event type (see `fast_column`): the typed
     event when the record took the fast path, else null; `_event_type` and
     `_event_id` of a record that took it; `_suspect` is true for the records left to
-    the Python classifier, and only they keep their `value`."""
+    the Python classifier."""
     eligible = F.col("value_utf8") & (F.octet_length("value") <= max_bytes)
     value = F.col("value").cast("binary")  # a no-op on bronze, where it is binary
     by_type = {
@@ -241,14 +241,13 @@ def fast_classify(
         F.when(F.col(fast_column(t)).isNotNull(), F.lit(t)) for t in by_type
     ))
     event_id = F.coalesce(*(F.col(fast_column(t))["event_id"] for t in by_type))
-    # The raw value is kept for suspects only: the typed rows are all that is needed
-    # of the others, and they are most of a batch that is cached.
+    # Every record keeps its raw value: suspects go to the Python classifier with it,
+    # duplicates to quarantine (cheaper here than reading the batch a second time).
     return (
         parsed.select(*BRONZE_COLUMNS, *structs)
         .withColumn("_event_type", event_type)
         .withColumn("_event_id", event_id)
         .withColumn("_suspect", F.col("_event_type").isNull())
-        .withColumn("value", F.when(F.col("_suspect"), F.col("value")))
     )
 
 

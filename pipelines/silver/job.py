@@ -138,12 +138,11 @@ def _held(spark: SparkSession, settings: Settings, keys: DataFrame) -> DataFrame
     )
 
 
-def _with_values(dups: DataFrame, batch: DataFrame) -> DataFrame:
-    """Duplicates with their raw value, read again from the batch: carrying every
-    record's value through the classification and caches would cost far more than
-    fetching the few that turn out duplicates (`dups` should come from `_sized`, so
-    that the batch's values are not shuffled)."""
-    values = batch.select(
+def _with_values(dups: DataFrame, fast: DataFrame) -> DataFrame:
+    """Duplicates with their raw value, from the batch's cache (`fast_classify` keeps
+    every record's value): the batch is read once, and the few duplicates (from
+    `_sized`, so broadcast) are joined to it without shuffling the values."""
+    values = fast.select(
         *(F.col(c.removeprefix("source_")).alias(c) for c in _COORDS), "value"
     )
     return dups.join(values, on=_COORDS, how="inner")
@@ -164,7 +163,7 @@ def _append_rejected(
     classified: DataFrame,
     settled: DataFrame,
     settled_to_join: DataFrame,
-    batch: DataFrame,
+    fast: DataFrame,
     app_id: str,
     batch_id: int,
 ) -> None:
@@ -172,13 +171,13 @@ def _append_rejected(
     Kafka coordinates: a replay under a new checkpoint). `settled`: the batch's
     not-new records, cached (`_sized`), `settled_to_join` the same marked for a
     broadcast."""
-    spark = batch.sparkSession
+    spark = fast.sparkSession
     rejected = quarantine_rows(classified)
     # Checked on the cached frame, in this write's thread: the emptiness check is a
     # Spark job that need not hold up the other tables' writes.
     if not settled.filter("_duplicate").isEmpty():
         dups = settled_to_join.filter("_duplicate").select(*_DUPLICATE_COLUMNS)
-        rejected = rejected.unionByName(duplicate_rows(_with_values(dups, batch)))
+        rejected = rejected.unionByName(duplicate_rows(_with_values(dups, fast)))
     quarantine = settings.lakehouse.table_path(LAYER, QUARANTINE)
     already = spark.read.format("delta").load(quarantine).select(*_QUARANTINE_KEYS)
     append_once(
@@ -242,7 +241,7 @@ def process_batch(
             for table in TABLES
         ]
         writes.append(partial(
-            _append_rejected, settings, classified, settled, settled_to_join, batch, app_id,
+            _append_rejected, settings, classified, settled, settled_to_join, fast, app_id,
             batch_id,
         ))
         side_by_side(spark, writes)
