@@ -137,11 +137,13 @@ def _in_topics(settings) -> int:  # noqa: ANN001
 
 
 def bench_ingest(
-    records: int, reuse: bool = False, side_records: int | None = None, tag: str = "ingest"
+    records: int, reuse: bool = False, side_records: int | None = None, tag: str = "ingest",
+    drains: int = 2,
 ) -> None:
     """Bronze ingest rate for `records` simulated records (~200-300 bytes), silver's
-    rate alone, then both layers side by side on a second load of half the size. With
-    `reuse`, the first load is whatever an earlier run left in the bench topics."""
+    rate alone (each `drains` times from scratch in one JVM), then both layers side by
+    side on a second load of half the size. With `reuse`, the first load is whatever
+    an earlier run left in the bench topics."""
     from pipelines.kafka.embedded import ensure_topics, rss_mb, status
     from pipelines.simulate.producer import simulate
     from pipelines.spark import build_spark
@@ -157,12 +159,21 @@ def bench_ingest(
     started = time.monotonic()
     spark = build_spark(settings.spark)
     startup = time.monotonic() - started
-    bronze_s = _drain(spark, settings, ["bronze"])
-    silver_s = _drain(spark, settings, ["silver"])
-    # Again from scratch in the same JVM: the first run pays the JIT compilation of the
-    # generated code, which a long-running stream pays once.
-    _forget_silver(settings)
-    silver_warm_s = _drain(spark, settings, ["silver"])
+    # Each layer drains the same records `drains` times from scratch in this JVM: the
+    # first drain pays the JIT compilation of the code it runs, which a long-running
+    # stream pays once; the later ones show its steady rate.
+    bronze_runs = []
+    for i in range(drains):
+        if i:
+            _forget_bronze(settings)
+        bronze_runs.append(_drain(spark, settings, ["bronze"]))
+    silver_runs = []
+    for i in range(drains):
+        if i:
+            _forget_silver(settings)
+        silver_runs.append(_drain(spark, settings, ["silver"]))
+    bronze_s, silver_s = bronze_runs[0], silver_runs[0]
+    silver_warm_s = silver_runs[1]
     alone = {
         "topics": f"bench.{tag}.*",
         "records": records,
@@ -174,6 +185,10 @@ def bench_ingest(
         "silver_alone_records_per_s": round(records / silver_s),
         "silver_alone_warm_seconds": round(silver_warm_s, 1),
         "silver_alone_warm_records_per_s": round(records / silver_warm_s),
+        "drains_seconds": {"bronze": [round(x, 1) for x in bronze_runs],
+                           "silver": [round(x, 1) for x in silver_runs]},
+        "drains_records_per_s": {"bronze": [round(records / x) for x in bronze_runs],
+                                 "silver": [round(records / x) for x in silver_runs]},
         "manifest_expected": manifest["expected"],
     }
     broker_pid = status(settings.kafka)["pid"]
@@ -202,6 +217,14 @@ def bench_ingest(
             "spark_driver_jvm": _spark_peak_mb(broker_pid),
         },
     })
+
+
+def _forget_bronze(settings) -> None:  # noqa: ANN001
+    """Remove bronze.events and the bronze checkpoint (the topics stay)."""
+    from pipelines.bronze import QUERY_NAME
+
+    shutil.rmtree(settings.lakehouse.table_path("bronze", "events"))
+    shutil.rmtree(settings.lakehouse.checkpoint(QUERY_NAME))
 
 
 def _forget_silver(settings) -> None:  # noqa: ANN001
@@ -416,9 +439,14 @@ def main() -> None:
                         help="records of the side-by-side load (default: half the first)")
     parser.add_argument("--ingest-tag", default="ingest",
                         help="ingest: bench topics bench.<tag>.* (a new tag: empty topics)")
+    parser.add_argument("--drains", type=int, default=2,
+                        help="ingest: drains of each layer from scratch in one JVM (>= 2; "
+                        "the first is cold)")
     parser.add_argument("--reuse", action="store_true",
                         help="first load: what the bench topics already hold (no simulate)")
     args = parser.parse_args()
+    if args.drains < 2:
+        parser.error("--drains must be at least 2 (a cold drain, then warm ones)")
     from pipelines.kafka import embedded
     from pipelines.settings import load_settings
 
@@ -429,7 +457,7 @@ def main() -> None:
         bench_simulate(args.records)
     if "ingest" in chosen:
         bench_ingest(args.records, reuse=args.reuse, side_records=args.side_records,
-                     tag=args.ingest_tag)
+                     tag=args.ingest_tag, drains=args.drains)
     if "freshness" in chosen:
         bench_freshness(args.fresh_seconds, args.fresh_rate, args.pipeline_nice,
                         args.fresh_warmup)
