@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -152,3 +153,17 @@ def test_fast_path_agrees_with_the_python_classifier(spark) -> None:
     generated_valid = classified.filter(
         f"error_code is null and offset >= {len(hand)}").count()
     assert len(taken - set(range(len(hand)))) >= 0.95 * generated_valid
+
+
+def test_a_missing_project_jar_is_a_clear_error(spark, monkeypatch) -> None:
+    """Without the project jar on the classpath (spark-submit without --jars), silver
+    stops with the fix in the message, not with a py4j error."""
+    import pipelines.silver.fastpath as fastpath
+
+    monkeypatch.setattr(fastpath, "_JAVA_CLASS", "lakehouse.silver.NoSuchFastPath")
+    bronze = spark.createDataFrame(
+        [(UA, 0, 0, _compact(V2), True)],
+        "topic string, partition int, offset long, value string, value_utf8 boolean",
+    )
+    with pytest.raises(RuntimeError, match=r"not on Spark's classpath.*--project-jar"):
+        fast_classify(bronze, TOPIC_TYPES, MAX_BYTES)
