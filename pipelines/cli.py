@@ -30,11 +30,15 @@ class UserError(Exception):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from pipelines.jars import JarFetchError
+    from pipelines.jvm import JvmBuildError
     from pipelines.kafka.embedded import BrokerError
     from pipelines.quality.suites import SuiteError
     from pipelines.settings import SettingsError
 
-    return (UserError, SettingsError, BrokerError, JarFetchError, FileNotFoundError, SuiteError)
+    return (
+        UserError, SettingsError, BrokerError, JarFetchError, JvmBuildError, FileNotFoundError,
+        SuiteError,
+    )
 
 
 def command(fn: Callable[..., Any]) -> Callable[..., Any]:

@@ -64,6 +64,18 @@ def test_cli_user_error_is_one_line_exit_1(tmp_path: Path) -> None:
         f"lakehouse: error: config file not found: {tmp_path / 'missing.yaml'}"]
 
 
+def test_cli_missing_jdk_is_one_line_exit_1(tmp_path: Path, monkeypatch) -> None:
+    """The project jar is compiled before Spark starts: no javac is a user error."""
+    from pipelines import jvm
+
+    monkeypatch.setattr(jvm, "JAR_CACHE", tmp_path / "jars")
+    monkeypatch.setattr(jvm.shutil, "which", lambda _: None)
+    result = runner.invoke(app, ["retrain"])
+    assert result.exit_code == 1
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith("lakehouse: error: javac (a JDK 17) is needed once")
+
+
 def test_cli_rejects_unknown_layer() -> None:
     result = runner.invoke(app, ["stream", "--layers", "bronze,platinum"])
     assert result.exit_code == 1
