@@ -124,6 +124,19 @@ def _drain(spark, settings, layers: list[str]) -> float:  # noqa: ANN001
     return time.monotonic() - started
 
 
+def _drains(spark, settings, layer: str, forget, times: int) -> list[float]:  # noqa: ANN001
+    """Seconds of `times` drains of `layer` from scratch in this JVM (`forget` removes
+    the layer's tables and checkpoint between them): the first pays the JIT compilation
+    of the code it runs, which a long-running stream pays once; the later ones show
+    its steady rate."""
+    runs = []
+    for i in range(times):
+        if i:
+            forget(settings)
+        runs.append(_drain(spark, settings, [layer]))
+    return runs
+
+
 def _in_topics(settings) -> int:  # noqa: ANN001
     """Records the source topics hold (end offsets: the bench topics are never trimmed)."""
     from pipelines.ops.status import kafka_offsets
@@ -159,19 +172,8 @@ def bench_ingest(
     started = time.monotonic()
     spark = build_spark(settings.spark)
     startup = time.monotonic() - started
-    # Each layer drains the same records `drains` times from scratch in this JVM: the
-    # first drain pays the JIT compilation of the code it runs, which a long-running
-    # stream pays once; the later ones show its steady rate.
-    bronze_runs = []
-    for i in range(drains):
-        if i:
-            _forget_bronze(settings)
-        bronze_runs.append(_drain(spark, settings, ["bronze"]))
-    silver_runs = []
-    for i in range(drains):
-        if i:
-            _forget_silver(settings)
-        silver_runs.append(_drain(spark, settings, ["silver"]))
+    bronze_runs = _drains(spark, settings, "bronze", _forget_bronze, drains)
+    silver_runs = _drains(spark, settings, "silver", _forget_silver, drains)
     bronze_s, silver_s = bronze_runs[0], silver_runs[0]
     silver_warm_s = silver_runs[1]
     alone = {
