@@ -10,6 +10,7 @@ from collections import Counter
 from functools import partial
 from pathlib import Path
 
+import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 from pyspark.testing import assertDataFrameEqual
@@ -193,3 +194,17 @@ def test_silver_survives_sigkill_mid_batch(spark, kafka_lake) -> None:
     done = lake.cli("stream", "--layers", "silver", "--available-now", check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     _assert_matches_manifest(lake, manifest)
+
+
+def test_silver_tables_keep_statistics_of_their_filter_columns_only(spark, lake) -> None:
+    s = lake.settings
+    ua = s.topic("user_actions").name
+    ensure_silver(spark, s)
+    process_batch(_bronze(spark, [(ua, 0, 1, json.dumps(V2), True), (ua, 0, 2, "{", True)]),
+                  0, s, "query-a")
+    for table, expected in [("user_actions", {"event_time", "user_id", "media_id"}),
+                            ("quarantine", {"topic", "error_code"})]:
+        actions = pa.table(DeltaTable(s.lakehouse.table_path("silver", table)).get_add_actions(
+            flatten=True)).to_pydict()
+        assert actions["num_records"] == [1]
+        assert {k.removeprefix("min.") for k in actions if k.startswith("min.")} == expected

@@ -20,13 +20,20 @@ def table_exists(spark: SparkSession, path: str) -> bool:
 
 
 def ensure_table(
-    spark: SparkSession, path: str, like: DataFrame, partition_by: list[str] | None = None
+    spark: SparkSession,
+    path: str,
+    like: DataFrame,
+    partition_by: list[str] | None = None,
+    properties: dict[str, str] | None = None,
 ) -> DeltaTable:
-    """Create an empty Delta table with `like`'s schema if none exists at `path`."""
+    """Create an empty Delta table with `like`'s schema (and table `properties`) if
+    none exists at `path`; an existing table is left as it is."""
     if not table_exists(spark, path):
         builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(like.schema)
         if partition_by:
             builder = builder.partitionedBy(*partition_by)
+        for key, value in (properties or {}).items():
+            builder = builder.property(key, value)
         builder.execute()
     return DeltaTable.forPath(spark, path)
 

@@ -37,6 +37,7 @@ from pipelines.silver.tables import (
     QUARANTINE_SCHEMA,
     TABLES,
     ensure_silver_table,
+    table_properties,
 )
 from pipelines.silver.transforms import (
     classify_records,
@@ -69,6 +70,7 @@ def ensure_silver(spark: SparkSession, settings: Settings) -> None:
         spark,
         settings.lakehouse.table_path(LAYER, QUARANTINE),
         spark.createDataFrame([], QUARANTINE_SCHEMA),
+        properties=table_properties(QUARANTINE),
     )
 
 

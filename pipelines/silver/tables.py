@@ -14,6 +14,7 @@ from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
 from pipelines.io.delta import ensure_table
+from pipelines.ops.catalog import BY_NAME as CATALOG
 from pipelines.schemas.registry import spark_schema
 
 LAYER = "silver"
@@ -76,8 +77,15 @@ QUARANTINE_SCHEMA = T.StructType([
 ])
 
 
+def table_properties(table: str) -> dict[str, str]:
+    """Delta properties of a silver table (its statistics columns), from the catalog."""
+    return CATALOG[f"{LAYER}.{table}"].properties
+
+
 def ensure_silver_table(spark: SparkSession, path: str, event_type: str) -> None:
     """Create the empty silver table of `event_type` at `path` if missing: the silver
     job does it, and so does every gold job reading it, so either may start first."""
     empty = spark.createDataFrame([], silver_schema(event_type))
-    ensure_table(spark, path, empty, partition_by=["event_date"])
+    table = next(t.table for t in TABLES if t.event_type == event_type)
+    ensure_table(spark, path, empty, partition_by=["event_date"],
+                 properties=table_properties(table))
