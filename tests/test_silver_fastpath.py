@@ -74,7 +74,12 @@ def _hand_made() -> list[tuple[str, str, bool]]:
                   "2026-11-01T09:30:00-00:00", "2026-11-01T09:30:00+23:59",
                   "2026-11-01T09:30:00+24:00", "2026-11-01T09:30:00+05:60",
                   "2026-11-01T09:30:00+99:00", "0001-01-01T00:30:00+01:00",
-                  "9999-12-31T23:30:00-01:00", "2026-11-01 09:30:00Z", "2026-11-01T09:30Z", "x"]:
+                  "9999-12-31T23:30:00-01:00", "2026-11-01 09:30:00Z", "2026-11-01T09:30Z", "x",
+                  # Year 0 as written, year 1 in UTC: java.time reads it, Python does not.
+                  "0000-12-31T23:30:00-01:00", "2026-11-01T09:30:00.Z",
+                  "2026-11-01T09:30:00+18:00", "2026-11-01T09:30:00+18:01",
+                  "2026-11-01T09:30:00+1:00", "2024-02-29T09:30:00Z",
+                  "2026-11-01T09:30:00.000001-00:30"]:
         ua += [_compact({**V2, "timestamp": stamp}), _compact({**V1, "timestamp": stamp})]
     se = [_compact(SE1), _compact({**SE1, "cpuPct": 100}), _compact({**SE1, "cpuPct": 100.0}),
           _compact({**SE1, "cpuPct": 100.5}), _compact({**SE1, "cpuPct": -0.0}),
@@ -144,11 +149,14 @@ def test_fast_path_agrees_with_the_python_classifier(spark) -> None:
                  _compact({**V2, "userId": 'a"b\\c/d\n'}),
                  _compact({**V2, "timestamp": "2026-11-01T09:30:00.5Z"}),
                  _compact({**V1, "timestamp": "2026-11-01T09:30:00-08:00"}),
+                 _compact({**V2, "timestamp": "2024-02-29T09:30:00Z"}),
+                 _compact({**V1, "timestamp": "2026-11-01T09:30:00.000001-00:30"}),
+                 _compact({**V2, "timestamp": "2026-11-01T09:30:00+18:00"}),
                  json.dumps(V2), _compact({k: V2[k] for k in reversed(V2)}),
                  _compact(V2).replace('"userId"', '"\\u0075serId"'),
                  _compact(SE1), _compact({**SE1, "cpuPct": 100.0}), _compact(CU1)]
     assert {hand.index((t, v, True)) for t, v in zip(
-        [UA] * 9 + [SE, SE, CU], must_take, strict=True)} <= accepted
+        [UA] * 12 + [SE, SE, CU], must_take, strict=True)} <= accepted
     # The generated valid records (the bulk of real traffic) nearly all take it.
     generated_valid = classified.filter(
         f"error_code is null and offset >= {len(hand)}").count()

@@ -8,7 +8,9 @@ object whose keys are all V's, none twice, none null, every value of exactly its
 JSON type, and that V's keywords hold (required, const, enum, minimum, maximum,
 anchored pattern, and date-time in one strict form: `T`, at most 6 fraction
 digits, `Z` or `+hh:mm`). Its rules come from a spec derived here from the schema
-file. Upcasts to the latest version are SQL (`_SQL_UPCASTERS`).
+file. The same pass returns each date-time's instant (read by hand, not by a regex
+and java.time's parser), so the timestamp columns are not parsed again by a cast.
+Upcasts to the latest version are SQL (`_SQL_UPCASTERS`).
 
 Everything the derivation does not understand (another keyword, another
 date-time form, an upcast step without a SQL twin) and everything the Java side
@@ -113,10 +115,19 @@ def _register(spark: SparkSession, event_type: str, version: int) -> str:
 
 
 def _wire_schema(schema: dict[str, Any]) -> T.StructType:
+    """The row `JsonSchemaFastPath` returns: the properties as their wire types, then
+    the instant (microseconds since the epoch) of each date-time property."""
+    properties = schema["properties"]
     return T.StructType([
-        T.StructField(name, _WIRE_TYPES[prop["type"]], True)
-        for name, prop in schema["properties"].items()
+        *(T.StructField(name, _WIRE_TYPES[prop["type"]], True)
+          for name, prop in properties.items()),
+        *(T.StructField(_instant_field(name), T.LongType(), True)
+          for name, prop in properties.items() if prop.get("format") == "date-time"),
     ])
+
+
+def _instant_field(name: str) -> str:
+    return f"{name}__micros"
 
 
 def _version_is_implied(schema: dict[str, Any], version: int) -> bool:
@@ -187,14 +198,24 @@ def fast_versions(event_type: str) -> tuple[int, ...]:
 def _typed_event(parsed: Column, event_type: str, version: int) -> Column:
     """The accepted record as a struct of its silver event columns (latest version)."""
     schema = _json_schema(event_type, version)
-    fields = {name: parsed[name] for name in schema["properties"]}
+    received = {name: parsed[name] for name in schema["properties"]}
+    # Date-times the Java pass has read: their instant, not a second parse by a cast.
+    instants = {
+        name: F.timestamp_micros(parsed[_instant_field(name)])
+        for name, prop in schema["properties"].items() if prop.get("format") == "date-time"
+    }
+    fields = dict(received)
     for step in range(version, latest_version(event_type)):
         fields = _SQL_UPCASTERS[(event_type, step)](fields)
-    columns = [
-        (fields[wire].try_cast("timestamp") if isinstance(field.dataType, T.TimestampType)
-         else fields[wire].cast(field.dataType)).alias(field.name)
-        for wire, field in event_columns(event_type)
-    ]
+
+    def typed(wire: str, field: T.StructField) -> Column:
+        if not isinstance(field.dataType, T.TimestampType):
+            return fields[wire].cast(field.dataType)
+        # An upcast that set the field anew is cast like any other.
+        unchanged = wire in instants and fields[wire] is received[wire]
+        return instants[wire] if unchanged else fields[wire].try_cast("timestamp")
+
+    columns = [typed(wire, field).alias(field.name) for wire, field in event_columns(event_type)]
     return F.struct(*columns, F.lit(version).alias("schema_version"))
 
 

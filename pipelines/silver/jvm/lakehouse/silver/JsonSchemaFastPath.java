@@ -7,9 +7,8 @@ import com.fasterxml.jackson.databind.JsonNode;
 import com.fasterxml.jackson.databind.ObjectMapper;
 import java.io.IOException;
 import java.math.BigDecimal;
-import java.time.OffsetDateTime;
-import java.time.ZoneOffset;
-import java.time.format.DateTimeFormatter;
+import java.time.DateTimeException;
+import java.time.LocalDate;
 import java.util.ArrayList;
 import java.util.HashMap;
 import java.util.HashSet;
@@ -36,14 +35,20 @@ import org.apache.spark.sql.types.DataType;
  * does not list, a key twice, a null, an array or object value, a value not of
  * exactly its JSON type (an integer field takes no 5.0, no 2^70), a string holding
  * a lone surrogate, a byte-order mark, a date-time outside one strict form.
+ *
+ * <p>The row holds the properties in spec order, then, for each date-time property in
+ * that order, its instant as microseconds since the epoch (UTC): the date-time is
+ * read once here, not parsed again by a cast.
  */
 public final class JsonSchemaFastPath implements UDF1<byte[], Row> {
   private static final long serialVersionUID = 1L;
   private static final JsonFactory JSON = new JsonFactory();
-  // Upper-case T, at most microseconds, Z or +hh:mm (what Spark's cast and Python's
-  // fromisoformat both read the same way).
-  private static final Pattern DATE_TIME = Pattern.compile(
-      "\\d{4}-\\d{2}-\\d{2}T\\d{2}:\\d{2}:\\d{2}(\\.\\d{1,6})?(Z|[+-]\\d{2}:\\d{2})");
+  // A date-time is read in one strict form: yyyy-MM-ddTHH:mm:ss, then at most six
+  // fraction digits, then Z or +hh:mm / -hh:mm (what Python's fromisoformat and the
+  // Python classifier read the same way); anything else is declined.
+  private static final long INVALID = Long.MIN_VALUE;
+  private static final long MICROS_PER_SECOND = 1_000_000L;
+  private static final int MAX_OFFSET_SECONDS = 18 * 3600;  // java.time's ZoneOffset range
 
   private enum Kind { STRING, INTEGER, NUMBER }
 
@@ -98,6 +103,9 @@ public final class JsonSchemaFastPath implements UDF1<byte[], Row> {
 
   private final Property[] properties;
   private final Map<String, Integer> index = new HashMap<>();
+  // Row position of each property's instant (date-time properties), else -1.
+  private final int[] instantAt;
+  private final int width;
 
   /** @param spec JSON: {"properties": [{"name", "type", "required", "const", "enum",
    *  "minimum", "maximum", "pattern", "date_time"}, ...]} in the row's field order. */
@@ -111,9 +119,13 @@ public final class JsonSchemaFastPath implements UDF1<byte[], Row> {
       throw new IllegalArgumentException("at most 64 properties (a long bitmask tracks them)");
     }
     properties = found.toArray(new Property[0]);
+    instantAt = new int[properties.length];
+    int next = properties.length;
     for (int i = 0; i < properties.length; i++) {
       index.put(properties[i].name, i);
+      instantAt[i] = properties[i].dateTime ? next++ : -1;
     }
+    width = next;
   }
 
   /** Registers the fast path of one schema version as a SQL function `name`. */
@@ -138,7 +150,7 @@ public final class JsonSchemaFastPath implements UDF1<byte[], Row> {
     if (parser.nextToken() != JsonToken.START_OBJECT) {
       return null;
     }
-    Object[] fields = new Object[properties.length];
+    Object[] fields = new Object[width];
     long seen = 0L;
     JsonToken token;
     while ((token = parser.nextToken()) == JsonToken.FIELD_NAME) {
@@ -153,6 +165,13 @@ public final class JsonSchemaFastPath implements UDF1<byte[], Row> {
         return null;
       }
       fields[at] = field;
+      if (property.dateTime) {
+        long micros = epochMicros((String) field);
+        if (micros == INVALID) {
+          return null;
+        }
+        fields[instantAt[at]] = micros;
+      }
     }
     if (token != JsonToken.END_OBJECT || parser.nextToken() != null) {
       return null;  // trailing content after the object
@@ -228,20 +247,96 @@ public final class JsonSchemaFastPath implements UDF1<byte[], Row> {
     if (property.pattern != null && !property.pattern.matcher((String) field).matches()) {
       return false;
     }
-    return !property.dateTime || isDateTime((String) field);
+    return true;
   }
 
-  /** One strict form of an RFC 3339 date-time whose UTC instant has a year 1 to 9999. */
-  private static boolean isDateTime(String text) {
-    if (!DATE_TIME.matcher(text).matches()) {
-      return false;
+  /**
+   * The instant of a date-time in the strict form (see the comment above INVALID) as
+   * microseconds since the epoch, or INVALID: another form, a date that does not exist
+   * (Feb 30), hour 24, second 60, an offset beyond 18 hours, or a year, as written or
+   * in UTC, outside 1 to 9999 (Python's datetime range).
+   */
+  static long epochMicros(String text) {
+    int n = text.length();
+    // yyyy-MM-ddTHH:mm:ss is 19 characters; then .f{1,6}; then Z (1) or +hh:mm (6).
+    if (n < 20 || text.charAt(4) != '-' || text.charAt(7) != '-' || text.charAt(10) != 'T'
+        || text.charAt(13) != ':' || text.charAt(16) != ':') {
+      return INVALID;
     }
+    int year = digits(text, 0, 4);
+    int month = digits(text, 5, 2);
+    int day = digits(text, 8, 2);
+    int hour = digits(text, 11, 2);
+    int minute = digits(text, 14, 2);
+    int second = digits(text, 17, 2);
+    // Year 0 is a valid proleptic year to java.time, not to Python's datetime.
+    if (year < 1 || month < 0 || day < 0 || hour < 0 || hour > 23 || minute < 0
+        || minute > 59 || second < 0 || second > 59) {
+      return INVALID;
+    }
+    int at = 19;
+    long fraction = 0;
+    if (text.charAt(at) == '.') {
+      int start = ++at;
+      while (at < n && at - start < 7 && isDigit(text.charAt(at))) {
+        fraction = fraction * 10 + (text.charAt(at++) - '0');
+      }
+      int count = at - start;
+      if (count < 1 || count > 6) {
+        return INVALID;
+      }
+      for (int k = count; k < 6; k++) {
+        fraction *= 10;
+      }
+    }
+    int offsetSeconds;
+    if (at == n - 1 && text.charAt(at) == 'Z') {
+      offsetSeconds = 0;
+    } else if (at == n - 6 && (text.charAt(at) == '+' || text.charAt(at) == '-')
+        && text.charAt(at + 3) == ':') {
+      int offsetHours = digits(text, at + 1, 2);
+      int offsetMinutes = digits(text, at + 4, 2);
+      if (offsetHours < 0 || offsetMinutes < 0 || offsetMinutes > 59) {
+        return INVALID;
+      }
+      offsetSeconds = offsetHours * 3600 + offsetMinutes * 60;
+      if (offsetSeconds > MAX_OFFSET_SECONDS) {
+        return INVALID;
+      }
+      if (text.charAt(at) == '-') {
+        offsetSeconds = -offsetSeconds;
+      }
+    } else {
+      return INVALID;
+    }
+    long epochDay;
     try {
-      OffsetDateTime parsed = OffsetDateTime.parse(text, DateTimeFormatter.ISO_OFFSET_DATE_TIME);
-      int year = parsed.withOffsetSameInstant(ZoneOffset.UTC).getYear();
-      return year >= 1 && year <= 9999;
-    } catch (RuntimeException e) {
-      return false;  // Feb 30, hour 24, second 60, an offset beyond 18 hours
+      epochDay = LocalDate.of(year, month, day).toEpochDay();
+    } catch (DateTimeException e) {
+      return INVALID;  // Feb 30, month 13, day 0
     }
+    long seconds = epochDay * 86_400L + hour * 3600L + minute * 60L + second - offsetSeconds;
+    int utcYear = LocalDate.ofEpochDay(Math.floorDiv(seconds, 86_400L)).getYear();
+    if (utcYear < 1 || utcYear > 9999) {
+      return INVALID;
+    }
+    return seconds * MICROS_PER_SECOND + fraction;
+  }
+
+  /** The non-negative number written by `count` ASCII digits at `from`, else -1. */
+  private static int digits(String text, int from, int count) {
+    int value = 0;
+    for (int i = from; i < from + count; i++) {
+      char c = text.charAt(i);
+      if (!isDigit(c)) {
+        return -1;
+      }
+      value = value * 10 + (c - '0');
+    }
+    return value;
+  }
+
+  private static boolean isDigit(char c) {
+    return c >= '0' && c <= '9';
   }
 }
