@@ -18,7 +18,7 @@ from pyspark.testing import assertDataFrameEqual
 from pipelines.schemas.registry import v1_event_id
 from pipelines.silver.fastpath import fast_classify
 from pipelines.silver.job import ensure_silver, process_batch
-from pipelines.silver.transforms import classify_records, settle, to_events
+from pipelines.silver.transforms import classify_records, rank_in_batch, to_events
 
 UA, CU = "media.user-actions", "media.content-uploads"
 TOPIC_TYPES = {UA: "user_action", CU: "content_upload"}
@@ -74,25 +74,15 @@ def test_to_events_types_and_upcasts(spark) -> None:
     assertDataFrameEqual(events, spark.createDataFrame(expected, events.schema))
 
 
-def test_settle_flags_later_copies_held_copies_and_replays(spark) -> None:
-    schema = "event_id string, source_topic string, source_partition int, source_offset long"
-    keys = spark.createDataFrame([
-        ("a", "t", 0, 1),                      # unique, not held: new, left out
-        ("b", "t", 1, 0), ("b", "t", 0, 2),    # twice in the batch: partition 0 is first
-        ("c", "t", 0, 3),                      # held under its own coordinates: a replay
-        ("d", "t", 0, 4),                      # held under other coordinates
-        ("e", "t", 0, 5), ("e", "t", 0, 6),    # a replay and a later copy of it
-    ], schema)
-    held = spark.createDataFrame(
-        [("c", "t", 0, 3), ("d", "t", 9, 9), ("e", "t", 0, 5), ("z", "t", 0, 0)], schema)
-    assertDataFrameEqual(settle(keys, held), spark.createDataFrame([
-        ("b", "t", 1, 0, "t", 0, 2, True),
-        ("c", "t", 0, 3, "t", 0, 3, False),
-        ("d", "t", 0, 4, "t", 9, 9, True),
-        ("e", "t", 0, 5, "t", 0, 5, False),
-        ("e", "t", 0, 6, "t", 0, 5, True),
-    ], f"{schema}, first_topic string, first_partition int, first_offset long, "
-       "_duplicate boolean"))
+def test_rank_in_batch_points_duplicates_at_first(spark) -> None:
+    rows = [(UA, 1, 5, json.dumps(V2), True), (UA, 0, 9, json.dumps(V2), True),
+            (UA, 0, 3, json.dumps(V1), True)]
+    classified = classify_records(_bronze(spark, rows), TOPIC_TYPES, max_bytes=4096)
+    ranked = rank_in_batch(to_events(classified, "user_action"))
+    assertDataFrameEqual(
+        ranked.select("source_partition", "source_offset", "first_partition", "first_offset"),
+        [(1, 5, 0, 9), (0, 9, 0, 9), (0, 3, 0, 3)],
+    )
 
 
 def test_process_batch_dedups_across_batches_and_replays(spark, lake) -> None:

@@ -128,61 +128,41 @@ def as_silver_rows(records: DataFrame, event: list[Column], event_type: str) -> 
     )
 
 
-_SOURCE = ("source_topic", "source_partition", "source_offset")
-_FIRST = ("first_topic", "first_partition", "first_offset")
-
-
-def settle(keys: DataFrame, held: DataFrame, by: tuple[str, ...] = ("event_id",)) -> DataFrame:
-    """The records of a batch that are not new, found from keys alone.
-
-    `keys`: `by` (the event id and whatever scopes it) and the Kafka coordinates
-    (source_topic, source_partition, source_offset) of every valid record of the
-    batch; `held`: the same columns of the rows the tables already hold (at most one
-    per key; rows of other keys do no harm). A record is new when its key is neither
-    held nor earlier in the batch (by topic, partition, offset): those are left out.
-    The rest come with `first_*`, the coordinates of the occurrence kept (the held
-    row if any, else the batch's earliest), and `_duplicate`: false only for a held
-    row found again under its own coordinates (a replay), which is neither new nor a
-    duplicate.
-
-    One aggregation over the batch's keys and the held ones finds the few keys that
-    matter (repeated in the batch, or held); the result is the batch's rows of those
-    keys (`interesting_keys` returns the keys alone, to size them for a broadcast).
-    """
-    return settle_with(keys, interesting_keys(keys, held, by), by)
-
-
-def interesting_keys(keys: DataFrame, held: DataFrame, by: tuple[str, ...]) -> DataFrame:
-    """The keys of `keys` held already or seen twice in it (see `settle`): `by`,
-    `_first` (the batch's earliest coordinates) and `_held` (the held row's, or null),
-    both as structs of the source columns."""
-    coords = F.struct(*_SOURCE)
-    none = F.when(F.lit(False), coords)  # a null of the same struct type
-    seen = keys.select(*by, coords.alias("_batch"), none.alias("_held"))
-    kept = held.select(*by, none.alias("_batch"), coords.alias("_held"))
+def repeated_ids(events: DataFrame, by: tuple[str, ...] = ("event_id",)) -> DataFrame:
+    """`by` (the event_id, and whatever else scopes it) plus the coordinates
+    (first_topic, first_partition, first_offset) of its earliest record (by topic,
+    partition, offset), for every key that `events` holds more than once. An
+    aggregate of the keys and coordinates only, so wide rows are never shuffled or
+    sorted."""
+    first = F.min(F.struct("source_topic", "source_partition", "source_offset"))
     return (
-        seen.unionByName(kept)
-        .groupBy(*by)
-        .agg(F.count("_batch").alias("_n"), F.min("_batch").alias("_first"),
-             F.max("_held").alias("_held"))
-        .filter((F.col("_n") > 1) | ((F.col("_n") == 1) & F.col("_held").isNotNull()))
-        .drop("_n")
+        events.groupBy(*by)
+        .agg(F.count(F.lit(1)).alias("_n"), first.alias("_first"))
+        .filter(F.col("_n") > 1)
+        .select(
+            *by,
+            F.col("_first.source_topic").alias("first_topic"),
+            F.col("_first.source_partition").alias("first_partition"),
+            F.col("_first.source_offset").alias("first_offset"),
+        )
     )
 
 
-def settle_with(keys: DataFrame, interesting: DataFrame, by: tuple[str, ...]) -> DataFrame:
-    """`settle` given `interesting_keys(keys, held, by)` (sized by the caller)."""
-    coords = F.struct(*_SOURCE)
-    joined = keys.join(interesting, on=list(by), how="inner")
-    is_first = coords == F.col("_first")
-    held_any = F.col("_held").isNotNull()
-    # coalesce: with no held row the comparison is NULL, and NOT NULL filters nothing in.
-    held_self = F.coalesce(coords == F.col("_held"), F.lit(False))
-    kept = F.coalesce(F.col("_held"), F.col("_first"))
-    return joined.filter(~(is_first & ~held_any)).select(
-        *keys.columns,
-        *(kept[source].alias(first) for source, first in zip(_SOURCE, _FIRST, strict=True)),
-        (~held_self & (~is_first | held_any)).alias("_duplicate"),
+def rank_in_batch(
+    events: DataFrame, repeated: DataFrame | None = None, by: tuple[str, ...] = ("event_id",)
+) -> DataFrame:
+    """Adds `first_*` columns: the coordinates of the earliest record with the same
+    key (`by`) in this batch (its own for a unique key); a row is the first
+    occurrence when they are its own. `repeated` is `repeated_ids(events, by)` when
+    already at hand (the caller may have sized it for a broadcast)."""
+    repeated = repeated_ids(events, by) if repeated is None else repeated
+    joined = events.join(repeated, on=list(by), how="left")
+    return joined.select(
+        *events.columns,
+        *(
+            F.coalesce(F.col(f"first_{c}"), F.col(f"source_{c}")).alias(f"first_{c}")
+            for c in ("topic", "partition", "offset")
+        ),
     )
 
 
@@ -195,8 +175,8 @@ def quarantine_rows(classified: DataFrame) -> DataFrame:
 
 
 def duplicate_rows(dups: DataFrame) -> DataFrame:
-    """Events seen before (columns of `settle`, `first_*` pointing at the occurrence
-    kept, plus the raw `value`) -> quarantine rows with code `duplicate`."""
+    """Events seen before (columns of `rank_in_batch`, `first_*` pointing at the
+    occurrence kept, plus the raw `value`) -> quarantine rows with code `duplicate`."""
     detail = F.format_string(
         "duplicate: event_id %s was already accepted from %s[%d]@%d",
         F.col("event_id"), F.col("first_topic"), F.col("first_partition"), F.col("first_offset"),
