@@ -124,15 +124,15 @@ def _drain(spark, settings, layers: list[str]) -> float:  # noqa: ANN001
     return time.monotonic() - started
 
 
-def _drains(spark, settings, layer: str, forget, times: int) -> list[float]:  # noqa: ANN001
-    """Seconds of `times` drains of `layer` from scratch in this JVM (`forget` removes
-    the layer's tables and checkpoint between them): the first pays the JIT compilation
-    of the code it runs, which a long-running stream pays once; the later ones show
-    its steady rate."""
+def _drains(spark, settings, layer: str, times: int) -> list[float]:  # noqa: ANN001
+    """Seconds of `times` drains of `layer` from scratch in this JVM (its tables and
+    checkpoint removed between them): the first pays the JIT compilation of the code
+    it runs, which a long-running stream pays once; the later ones show its steady
+    rate."""
     runs = []
     for i in range(times):
         if i:
-            forget(settings)
+            _forget(settings, layer)
         runs.append(_drain(spark, settings, [layer]))
     return runs
 
@@ -172,8 +172,8 @@ def bench_ingest(
     started = time.monotonic()
     spark = build_spark(settings.spark)
     startup = time.monotonic() - started
-    bronze_runs = _drains(spark, settings, "bronze", _forget_bronze, drains)
-    silver_runs = _drains(spark, settings, "silver", _forget_silver, drains)
+    bronze_runs = _drains(spark, settings, "bronze", drains)
+    silver_runs = _drains(spark, settings, "silver", drains)
     bronze_s, silver_s = bronze_runs[0], silver_runs[0]
     silver_warm_s = silver_runs[1]
     alone = {
@@ -221,22 +221,17 @@ def bench_ingest(
     })
 
 
-def _forget_bronze(settings) -> None:  # noqa: ANN001
-    """Remove bronze.events and the bronze checkpoint (the topics stay)."""
-    from pipelines.bronze import QUERY_NAME
+def _forget(settings, layer: str) -> None:  # noqa: ANN001
+    """Remove a layer's tables and its streaming queries' checkpoints, as the catalog
+    lists them (the topics, and the layers below, stay)."""
+    from pipelines.ops.catalog import STREAMS, TABLES
 
-    shutil.rmtree(settings.lakehouse.table_path("bronze", "events"))
-    shutil.rmtree(settings.lakehouse.checkpoint(QUERY_NAME))
-
-
-def _forget_silver(settings) -> None:  # noqa: ANN001
-    """Remove the silver tables and the silver checkpoint (bronze stays)."""
-    from pipelines.silver.job import QUERY_NAME
-    from pipelines.silver.tables import LAYER, QUARANTINE, TABLES
-
-    for name in [t.table for t in TABLES] + [QUARANTINE]:
-        shutil.rmtree(settings.lakehouse.table_path(LAYER, name))
-    shutil.rmtree(settings.lakehouse.checkpoint(QUERY_NAME))
+    for table in TABLES:
+        if table.layer == layer:
+            shutil.rmtree(table.path(settings))
+    for stream in STREAMS:
+        if stream.target.startswith(f"{layer}."):
+            shutil.rmtree(settings.lakehouse.checkpoint(stream.query))
 
 
 def _avg_value_bytes(settings) -> float:  # noqa: ANN001

@@ -83,7 +83,7 @@ def _spec(schema: dict[str, Any]) -> str:
         rules.update({k: prop[k] for k in ("const", "enum", "minimum", "maximum") if k in prop})
         if "pattern" in prop:
             rules["pattern"] = _java_anchored(prop["pattern"])
-        rules["date_time"] = prop.get("format") == "date-time"
+        rules["date_time"] = name in _date_times(schema)
         properties.append(rules)
     return json.dumps({"properties": properties})
 
@@ -117,13 +117,19 @@ def _register(spark: SparkSession, event_type: str, version: int) -> str:
 def _wire_schema(schema: dict[str, Any]) -> T.StructType:
     """The row `JsonSchemaFastPath` returns: the properties as their wire types, then
     the instant (microseconds since the epoch) of each date-time property."""
-    properties = schema["properties"]
     return T.StructType([
         *(T.StructField(name, _WIRE_TYPES[prop["type"]], True)
-          for name, prop in properties.items()),
+          for name, prop in schema["properties"].items()),
         *(T.StructField(_instant_field(name), T.LongType(), True)
-          for name, prop in properties.items() if prop.get("format") == "date-time"),
+          for name in _date_times(schema)),
     ])
+
+
+def _date_times(schema: dict[str, Any]) -> list[str]:
+    """The date-time properties of a schema, in schema order (the order of their
+    instants in the Java row)."""
+    return [name for name, prop in schema["properties"].items()
+            if prop.get("format") == "date-time"]
 
 
 def _instant_field(name: str) -> str:
@@ -201,8 +207,7 @@ def _typed_event(parsed: Column, event_type: str, version: int) -> Column:
     received = {name: parsed[name] for name in schema["properties"]}
     # Date-times the Java pass has read: their instant, not a second parse by a cast.
     instants = {
-        name: F.timestamp_micros(parsed[_instant_field(name)])
-        for name, prop in schema["properties"].items() if prop.get("format") == "date-time"
+        name: F.timestamp_micros(parsed[_instant_field(name)]) for name in _date_times(schema)
     }
     fields = dict(received)
     for step in range(version, latest_version(event_type)):
