@@ -16,28 +16,18 @@ QUERY_NAME = "bronze_events"
 
 
 def to_bronze(records: DataFrame) -> DataFrame:
-    """Kafka source rows -> the bronze.events schema of the contract.
-
-    `value_utf8` is false when the bytes were not valid UTF-8: `value` then holds
-    them decoded with replacement characters, and silver must not trust it.
-    """
-    # Spark's binary -> string cast does not check the bytes; a string column
-    # holding invalid UTF-8 breaks every Python reader downstream.
-    as_text = F.col("value").cast("string")
-    return (
-        records.withColumn("ingested_at", F.current_timestamp())
-        .select(
-            F.col("topic"),
-            F.col("partition"),
-            F.col("offset"),
-            F.col("timestamp").alias("kafka_timestamp"),
-            F.col("key").cast("string").alias("key"),
-            F.make_valid_utf8(as_text).alias("value"),
-            F.is_valid_utf8(as_text).alias("value_utf8"),
-            F.col("ingested_at"),
-            F.to_date("ingested_at").alias("ingest_date"),
-        )
-    )
+    """Kafka source rows -> the bronze.events schema of the contract: `key` and
+    `value` stay the exact bytes Kafka delivered, so any record can be replayed as
+    sent; silver decodes (and quarantines what is not UTF-8 JSON)."""
+    return records.select(
+        F.col("topic"),
+        F.col("partition"),
+        F.col("offset"),
+        F.col("timestamp").alias("kafka_timestamp"),
+        F.col("key"),
+        F.col("value"),
+        F.current_timestamp().alias("ingested_at"),
+    ).withColumn("ingest_date", F.to_date("ingested_at"))
 
 
 KAFKA_SOURCE_SCHEMA = T.StructType([

@@ -156,7 +156,8 @@ def retrain(conf: Path | None = ConfOption) -> None:
     """Batch-retrain the recommendation features (ALS + popularity) with offline metrics."""
     from pipelines.features.retrain import run
 
-    result = run(_spark(_settings(conf)))
+    settings = _settings(conf)
+    result = run(_spark(settings), settings)
     print(
         f"model {result['model_version'][:12]} params {result['params']}: "
         + _retrain_line(result)
@@ -213,13 +214,20 @@ def status(
     metrics_file: Path | None = typer.Option(
         None, "--metrics-file", help="also write Prometheus metrics (textfile format)"
     ),
+    spark: bool = typer.Option(
+        False, "--spark",
+        help="read through Spark (slow: starts a JVM), for storage the Delta log reader "
+        "cannot reach",
+    ),
 ) -> None:
     """Tables, versions, row counts, stream lag and the bronze/silver accounting."""
+    from pipelines.ops.readers import LogReader, SparkReader
     from pipelines.ops.status import render_status
     from pipelines.ops.status import status as collect_status
 
     settings = _settings(conf)
-    report = collect_status(_spark(settings), settings)
+    reader = SparkReader(_spark(settings)) if spark else LogReader()
+    report = collect_status(reader, settings)
     Console().print(render_status(report))
     if metrics_file is not None:
         from pipelines.ops.metrics import collect_metrics, write_textfile
@@ -312,9 +320,12 @@ def demo(
 
 
 def _retrain_line(result: dict[str, Any]) -> str:
-    model, base = result["model"], result["baseline"]
+    model, base = result["model"]["ndcg_at_10"], result["baseline"]["ndcg_at_10"]
+    if model is None or base is None:
+        return f"no holdout to evaluate on (NDCG@10 model {model}, popularity {base})"
+    verdict = "beats" if model > base else "does NOT beat"
     return (
-        f"NDCG@10 {model['ndcg_at_10']:.3f} vs popularity {base['ndcg_at_10']:.3f}, "
+        f"NDCG@10 {model:.3f} vs popularity {base:.3f} (the model {verdict} popularity), "
         f"{result['total_s']}s"
     )
 

@@ -21,6 +21,9 @@ ENV_ALIASES = {
     "LAKEHOUSE_SPARK_MASTER": ("spark", "master"),
 }
 
+# LAKEHOUSE_* variables that choose how a command runs rather than set a key.
+NOT_SETTINGS = {"LAKEHOUSE_CONF", "LAKEHOUSE_DEBUG"}
+
 
 class SettingsError(ValueError):
     """A configuration file or override that cannot be used; the message names the key."""
@@ -93,6 +96,8 @@ class SparkSettings(_Strict):
     shuffle_partitions: int = Field(ge=1)
     packages: list[str]
     fetch_jars: bool = True  # false under spark-submit, where --packages/--jars provide them
+    # The log of a JVM a command starts (never the console): <log_dir>/spark-<time>-<pid>.log
+    log_dir: str
     # FAIR scheduler pools by name (each streaming query runs in the pool of its name);
     # a pool not listed has weight 1 and no min share.
     pools: dict[str, PoolSettings] = {}
@@ -232,7 +237,7 @@ def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 def _env_overrides(env: dict[str, str]) -> list[tuple[tuple[str, ...], Any]]:
     overrides = []
     for name, raw in sorted(env.items()):
-        if not name.startswith("LAKEHOUSE_") or name == "LAKEHOUSE_CONF":
+        if not name.startswith("LAKEHOUSE_") or name in NOT_SETTINGS:
             continue
         if name in ENV_ALIASES:
             path = ENV_ALIASES[name]
@@ -261,6 +266,7 @@ def _resolve_paths(tree: dict[str, Any], base: Path) -> None:
     emb["data_dir"], emb["log_dir"] = fix(emb["data_dir"]), fix(emb["log_dir"])
     tree["simulate"]["manifest_dir"] = fix(tree["simulate"]["manifest_dir"])
     tree["quality"]["suites"] = fix(tree["quality"]["suites"])
+    tree["spark"]["log_dir"] = fix(tree["spark"]["log_dir"])
 
 
 def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:

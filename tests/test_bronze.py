@@ -21,16 +21,21 @@ N_RECORDS = 10_000
 
 
 def _produce(lake, n: int) -> collections.Counter:
-    """Send n records spread over the source topics; some are not JSON, some not ASCII."""
+    """Send n records spread over the source topics: JSON, not JSON, not ASCII, bytes
+    that are not UTF-8 at all, empty values and keys, no key."""
     topics = lake.settings.kafka.source_topics
     producer = KafkaProducer(bootstrap_servers=lake.settings.kafka.bootstrap, acks="all",
                              linger_ms=10)
     sent: collections.Counter = collections.Counter()
     for i in range(n):
         topic = topics[i % len(topics)]
-        value = f'{{"i": {i}, "text": "caf\u00e9 \u266b {i}"}}' if i % 7 else f"not json {i} \t"
-        producer.send(topic, key=f"k{i % 97}".encode(), value=value.encode("utf-8"))
-        sent[(topic, value)] += 1
+        value = (f'{{"i": {i}, "text": "caf\u00e9 \u266b {i}"}}'.encode() if i % 7
+                 else f"not json {i} \t".encode())
+        if i % 11 == 0:
+            value = b"\xff\xfe\xc3(" + i.to_bytes(4, "big") + b"\x00\xed\xa0\x80"
+        key = None if i % 13 == 0 else (b"" if i % 17 == 0 else f"k{i % 97}\x80".encode("latin-1"))
+        producer.send(topic, key=key, value=b"" if i % 19 == 0 else value)
+        sent[(topic, key, b"" if i % 19 == 0 else value)] += 1
     producer.flush()
     producer.close()
     return sent
@@ -39,14 +44,16 @@ def _produce(lake, n: int) -> collections.Counter:
 def _bronze_rows(lake) -> list[dict]:
     path = lake.settings.lakehouse.table_path("bronze", "events")
     return DeltaTable(path).to_pyarrow_table(
-        columns=["topic", "partition", "offset", "value"]).to_pylist()
+        columns=["topic", "partition", "offset", "key", "value"]).to_pylist()
 
 
 def _assert_exactly(sent: collections.Counter, rows: list[dict]) -> None:
+    """Every record once, its key and value the bytes that were sent (read back with
+    the independent Rust reader)."""
     assert len(rows) == sum(sent.values())
     coords = {(r["topic"], r["partition"], r["offset"]) for r in rows}
     assert len(coords) == len(rows), "a (topic, partition, offset) appears twice"
-    assert collections.Counter((r["topic"], r["value"]) for r in rows) == sent
+    assert collections.Counter((r["topic"], r["key"], r["value"]) for r in rows) == sent
 
 
 def test_to_bronze_keeps_raw_value_and_coordinates(spark) -> None:
@@ -57,15 +64,18 @@ def test_to_bronze_keeps_raw_value_and_coordinates(spark) -> None:
     ])
     raw = spark.createDataFrame(
         [(b"u1", b'{"a": 1}  ', "t", 0, 5, None), (None, b"\xe2\x99\xab", "t", 1, 7, None),
-         (None, b"\xc3\x28", "t", 1, 8, None)], schema
+         (b"\xff", b"\xc3\x28", "t", 1, 8, None)], schema
     )
     out = raw.transform(to_bronze)
     assert out.columns == ["topic", "partition", "offset", "kafka_timestamp", "key", "value",
-                           "value_utf8", "ingested_at", "ingest_date"]
+                           "ingested_at", "ingest_date"]
+    assert out.schema["key"].dataType == T.BinaryType()
+    assert out.schema["value"].dataType == T.BinaryType()
     assertDataFrameEqual(
-        out.select("topic", "partition", "offset", "key", "value", "value_utf8"),
-        [("t", 0, 5, "u1", '{"a": 1}  ', True), ("t", 1, 7, None, "\u266b", True),
-         ("t", 1, 8, None, "\ufffd(", False)],
+        out.select("topic", "partition", "offset", "key", "value"),
+        [("t", 0, 5, bytearray(b"u1"), bytearray(b'{"a": 1}  ')),
+         ("t", 1, 7, None, bytearray(b"\xe2\x99\xab")),
+         ("t", 1, 8, bytearray(b"\xff"), bytearray(b"\xc3\x28"))],
     )
     assert out.filter(F.col("ingest_date") != F.to_date("ingested_at")).count() == 0
 

@@ -33,9 +33,8 @@ BRONZE = T.StructType([
     T.StructField("partition", T.IntegerType()),
     T.StructField("offset", T.LongType()),
     T.StructField("kafka_timestamp", T.TimestampType()),
-    T.StructField("key", T.StringType()),
-    T.StructField("value", T.StringType()),
-    T.StructField("value_utf8", T.BooleanType()),
+    T.StructField("key", T.BinaryType()),
+    T.StructField("value", T.BinaryType()),
     T.StructField("ingested_at", T.TimestampType()),
     T.StructField("ingest_date", T.DateType()),
 ])
@@ -83,8 +82,8 @@ def write_tables(spark: SparkSession, lake: Any) -> None:
     """Every suite's table except silver.content_uploads, each with a few bad rows."""
     topic = lake.settings.topic("user_actions").name
     write(spark, lake, "bronze.events", BRONZE,
-          {"topic": topic, "partition": 0, "kafka_timestamp": T0, "value": "{}",
-           "value_utf8": True, "ingested_at": T0, "ingest_date": D0},
+          {"topic": topic, "partition": 0, "kafka_timestamp": T0, "value": b"{}",
+           "ingested_at": T0, "ingest_date": D0},
           {"offset": 0}, {"offset": 1},
           {"offset": 1},  # the same Kafka record twice
           {"topic": "media.retired", "offset": 7})
@@ -104,7 +103,7 @@ def write_tables(spark: SparkSession, lake: Any) -> None:
           {"event_id": "s2", "status": "exploded", "cpu_pct": 150.0, "memory_pct": 100.0},
           {"event_id": "s3", "kind": "resource_allocation", "instances": 3})
     write(spark, lake, "silver.quarantine", QUARANTINE_SCHEMA,
-          {"topic": topic, "partition": 0, "value": "{", "error_detail": "not JSON",
+          {"topic": topic, "partition": 0, "value": b"{", "error_detail": "not JSON",
            "quarantined_at": T0},
           {"offset": 10, "error_code": "invalid_json"},
           {"offset": 11, "error_code": "too_weird"})

@@ -26,25 +26,27 @@ V1 = {"userId": "u1", "action": "play", "timestamp": "2026-11-01T10:00:00+01:00"
 V2 = {"schemaVersion": 2, "eventId": "0b7e7f43-4a54-4c1f-9d8e-2f3a4b5c6d7e", "userId": "u2",
       "action": "seek", "timestamp": "2026-11-01T09:30:00Z", "mediaId": "m2",
       "positionMs": 1500, "device": "tv"}
-BRONZE_COLS = ["topic", "partition", "offset", "value", "value_utf8"]
 _compact = partial(json.dumps, separators=(",", ":"))
 
 
 def _bronze(spark, rows):
-    return spark.createDataFrame(rows, "topic string, partition int, offset long, "
-                                       "value string, value_utf8 boolean")
+    """Bronze rows (topic, partition, offset, value); a str value is sent as UTF-8."""
+    return spark.createDataFrame(
+        [(t, p, o, v.encode() if isinstance(v, str) else v) for t, p, o, v in rows],
+        "topic string, partition int, offset long, value binary",
+    )
 
 
 def test_classify_records_routes_each_kind(spark) -> None:
     rows = [
-        (UA, 0, 1, json.dumps(V1), True),
-        (UA, 0, 2, json.dumps(V2), True),
-        (UA, 0, 3, '{"userId": ', True),
-        (UA, 0, 4, json.dumps({**V2, "action": "rewind"}), True),
-        (UA, 0, 5, json.dumps({**V2, "schemaVersion": 7}), True),
-        (UA, 0, 6, "x" * 300, True),
-        (UA, 0, 7, "\ufffd(", False),
-        ("other.topic", 0, 8, json.dumps(V2), True),
+        (UA, 0, 1, json.dumps(V1)),
+        (UA, 0, 2, json.dumps(V2)),
+        (UA, 0, 3, '{"userId": '),
+        (UA, 0, 4, json.dumps({**V2, "action": "rewind"})),
+        (UA, 0, 5, json.dumps({**V2, "schemaVersion": 7})),
+        (UA, 0, 6, "x" * 300),
+        (UA, 0, 7, b"\xc3\x28"),
+        ("other.topic", 0, 8, json.dumps(V2)),
     ]
     out = classify_records(_bronze(spark, rows), TOPIC_TYPES, max_bytes=256)
     assertDataFrameEqual(
@@ -62,7 +64,7 @@ def test_classify_records_routes_each_kind(spark) -> None:
 
 
 def test_to_events_types_and_upcasts(spark) -> None:
-    rows = [(UA, 0, 1, json.dumps(V1), True), (UA, 1, 9, json.dumps(V2), True)]
+    rows = [(UA, 0, 1, json.dumps(V1)), (UA, 1, 9, json.dumps(V2))]
     classified = classify_records(_bronze(spark, rows), TOPIC_TYPES, max_bytes=4096)
     events = to_events(classified, "user_action").drop("processed_at")
     expected = [
@@ -75,8 +77,8 @@ def test_to_events_types_and_upcasts(spark) -> None:
 
 
 def test_rank_in_batch_points_duplicates_at_first(spark) -> None:
-    rows = [(UA, 1, 5, json.dumps(V2), True), (UA, 0, 9, json.dumps(V2), True),
-            (UA, 0, 3, json.dumps(V1), True)]
+    rows = [(UA, 1, 5, json.dumps(V2)), (UA, 0, 9, json.dumps(V2)),
+            (UA, 0, 3, json.dumps(V1))]
     classified = classify_records(_bronze(spark, rows), TOPIC_TYPES, max_bytes=4096)
     ranked = rank_in_batch(to_events(classified, "user_action"))
     assertDataFrameEqual(
@@ -88,15 +90,15 @@ def test_rank_in_batch_points_duplicates_at_first(spark) -> None:
 def test_process_batch_dedups_across_batches_and_replays(spark, lake) -> None:
     s = lake.settings
     ua = s.topic("user_actions").name
-    batch1 = _bronze(spark, [(ua, 0, 1, json.dumps(V1), True), (ua, 0, 2, json.dumps(V1), True),
-                             (ua, 0, 3, "nope", True)])
+    batch1 = _bronze(spark, [(ua, 0, 1, json.dumps(V1)), (ua, 0, 2, json.dumps(V1)),
+                             (ua, 0, 3, "nope")])
     ensure_silver(spark, s)
     process_batch(batch1, 0, s, "query-a")
     process_batch(batch1, 0, s, "query-a")  # a replay after a crash: Delta skips the appends
     # The same records under a new checkpoint (another writer id, batch ids from 0):
     # every record finds itself in silver or quarantine, nothing is added.
     process_batch(batch1, 0, s, "query-b")
-    batch2 = _bronze(spark, [(ua, 1, 40, json.dumps(V1), True), (ua, 1, 41, json.dumps(V2), True)])
+    batch2 = _bronze(spark, [(ua, 1, 40, json.dumps(V1)), (ua, 1, 41, json.dumps(V2))])
     process_batch(batch2, 1, s, "query-b")
     silver = spark.read.format("delta").load(s.lakehouse.table_path("silver", "user_actions"))
     assertDataFrameEqual(
@@ -114,6 +116,46 @@ def test_process_batch_dedups_across_batches_and_replays(spark, lake) -> None:
     )
 
 
+SE = "media.system-events"
+SE1 = {"schemaVersion": 1, "eventId": "2b7e7f43-4a54-4c1f-9d8e-2f3a4b5c6d7e", "host": "h1",
+       "service": "api", "kind": "server_status", "timestamp": "2026-11-01T10:00:00Z"}
+# Records Python's json reads but silver must not store as read: each is quarantined
+# with this code and detail, and none reaches a silver table.
+HOSTILE = [
+    (UA, _compact({**V2, "positionMs": 2**70}).encode(), "schema_violation",
+     "positionMs: 1180591620717411303424 does not fit a 64-bit integer"),
+    (UA, _compact(V2).replace('"u2"', '"u\\ud800"').encode(), "invalid_json",
+     "userId: not valid Unicode (a lone surrogate escape)"),
+    (UA, (_compact(V2)[:-1] + ',"userId":"u3"}').encode(), "invalid_json",
+     "userId: the key appears twice in one object"),
+    (UA, _compact(V2).encode().replace(b'"u2"', b'"Zo\xeb"'), "invalid_json",
+     "not UTF-8: 'utf-8' codec can't decode byte 0xeb in position 80: invalid "
+     "continuation byte"),
+    (UA, _compact(V2).encode().replace(b'"u2"', b'"\xed\xa0\x80"'), "invalid_json",
+     "not UTF-8: 'utf-8' codec can't decode byte 0xed in position 78: invalid "
+     "continuation byte"),
+    (SE, _compact(SE1)[:-1].encode() + b',"cpuPct":1e400}', "schema_violation",
+     "cpuPct: 1e400 does not fit a double"),
+    (SE, _compact(SE1)[:-1].encode() + b',"cpuPct":NaN}', "invalid_json",
+     "not JSON: NaN is not a JSON number"),
+]
+
+
+def test_values_python_would_alter_go_to_quarantine_not_silver(spark, lake) -> None:
+    s = lake.settings
+    topics = {UA: s.topic("user_actions").name, SE: s.topic("system_events").name}
+    rows = [(topics[t], 0, i, value) for i, (t, value, _, _) in enumerate(HOSTILE)]
+    ensure_silver(spark, s)
+    process_batch(_bronze(spark, rows), 0, s, "query")
+    for table in ("user_actions", "system_events"):
+        assert DeltaTable(s.lakehouse.table_path("silver", table)).to_pyarrow_table().num_rows == 0
+    quarantine = spark.read.format("delta").load(s.lakehouse.table_path("silver", "quarantine"))
+    assertDataFrameEqual(
+        quarantine.select("offset", "value", "error_code", "error_detail"),
+        [(i, bytearray(value), code, detail) for i, (_, value, code, detail) in enumerate(HOSTILE)],
+    )
+
+
 def test_process_batch_catches_reused_id_in_another_partition(spark, lake) -> None:
     """A producer reusing an event id with another date (another event_date partition):
     the lookup covers the whole table, so the row is a duplicate, not a second row.
@@ -125,9 +167,9 @@ def test_process_batch_catches_reused_id_in_another_partition(spark, lake) -> No
     upload = {"schemaVersion": 1, "eventId": V2["eventId"], "mediaId": "m9",
               "creatorId": "c1", "timestamp": "2026-11-05T09:30:00z"}
     # The actions by the JVM fast path, the upload by the Python classifier.
-    batch1 = _bronze(spark, [(ua, 0, 1, _compact(V2), True)])
-    batch2 = _bronze(spark, [(ua, 0, 2, _compact(moved), True),
-                             (cu, 0, 7, _compact(upload), True)])
+    batch1 = _bronze(spark, [(ua, 0, 1, _compact(V2))])
+    batch2 = _bronze(spark, [(ua, 0, 2, _compact(moved)),
+                             (cu, 0, 7, _compact(upload))])
     fast = fast_classify(batch2, {ua: "user_action", cu: "content_upload"}, 4096)
     assert [r.offset for r in fast.filter("NOT _suspect").collect()] == [2]
     ensure_silver(spark, s)
@@ -200,7 +242,7 @@ def test_silver_tables_keep_statistics_of_their_filter_columns_only(spark, lake)
     s = lake.settings
     ua = s.topic("user_actions").name
     ensure_silver(spark, s)
-    process_batch(_bronze(spark, [(ua, 0, 1, json.dumps(V2), True), (ua, 0, 2, "{", True)]),
+    process_batch(_bronze(spark, [(ua, 0, 1, json.dumps(V2)), (ua, 0, 2, "{")]),
                   0, s, "query-a")
     for table, expected in [("user_actions", {"event_time", "user_id", "media_id"}),
                             ("quarantine", {"topic", "error_code"})]:

@@ -36,8 +36,9 @@ def _compact(payload: object, **kwargs: object) -> str:
     return json.dumps(payload, separators=(",", ":"), **kwargs)
 
 
-def _hand_made() -> list[tuple[str, str, bool]]:
-    """(topic, value, value_utf8): edges of every keyword and of the round trip."""
+def _hand_made() -> list[tuple[str, bytes]]:
+    """(topic, value bytes): edges of every keyword, of the round trip, and records
+    Python's json reads but silver must not store as read."""
     ua = [
         _compact(V2), _compact(V1), json.dumps(V2),  # spaces
         _compact({k: V2[k] for k in reversed(V2)}),  # another key order
@@ -85,27 +86,38 @@ def _hand_made() -> list[tuple[str, str, bool]]:
           _compact({**SE1, "cpuPct": 100.5}), _compact({**SE1, "cpuPct": -0.0}),
           _compact({**SE1, "cpuPct": 1e-05}), _compact({**SE1, "cpuPct": 1e2}),
           _compact(SE1).replace("48.6", "NaN"), _compact(SE1).replace("48.6", "4.86E1"),
+          _compact(SE1).replace("48.6", "Infinity"), _compact(SE1).replace("48.6", "-Infinity"),
+          _compact(SE1).replace("48.6", "1e400"), _compact(SE1).replace("48.6", "-1e400"),
+          _compact({**SE1, "instances": 5.0}), _compact({**SE1, "instances": 1e300}),
+          _compact({**SE1, "instances": 2**64}), _compact({**SE1, "instances": 2**53 + 1}),
+          _compact(SE1)[:-1] + ',"cpuPct":1.5}', _compact(SE1)[:-1] + ',"host":"h1"}',
           _compact({**SE1, "instances": 3}), _compact({**SE1, "status": "gone"}),
           _compact({**SE1, "schemaVersion": 2})]
     cu = [_compact(CU1), _compact({**CU1, "durationMs": -5}), _compact({**CU1, "title": None}),
           _compact({**CU1, "title": "x" * (MAX_BYTES - 190)})]  # near and over the limit
-    return ([(UA, v, True) for v in ua] + [(SE, v, True) for v in se] + [(CU, v, True) for v in cu]
-            + [(UA, _compact(V2), False), ("elsewhere", _compact(V2), True)])
+    ua += [_compact(V2).replace('"userId"', '"\\ud800serId"'),  # a lone one in a key
+           _compact(V2).replace('"u2"', '"\\udc00x"'), _compact(V2).replace('"u2"', '"\\ud800"')]
+
+    def encoded(values: list[str]) -> list[bytes]:
+        return [v.encode("utf-8") for v in values]
+
+    # Bytes that are not UTF-8: Latin-1, a lone continuation byte, an overlong "/", a
+    # surrogate encoded in three bytes (CESU-8), a code point above U+10FFFF, a cut
+    # sequence at the end, and a valid record with one bad byte after it.
+    not_utf8 = [_compact({**V2, "userId": "Zoë"}).encode("latin-1"), b'{"userId":"\x80"}',
+                _compact(V2).replace('"u2"', '"\xc0\xaf"').encode("latin-1"),
+                _compact(V2).encode().replace(b'"u2"', b'"\xed\xa0\x80"'),
+                _compact(V2).encode().replace(b'"u2"', b'"\xf4\x90\x80\x80"'),
+                _compact(V2).encode().replace(b'"u2"', b'"\xe2\x82"'),
+                _compact(V2).encode() + b"\xff"]
+    return ([(UA, v) for v in encoded(ua) + not_utf8] + [(SE, v) for v in encoded(se)]
+            + [(CU, v) for v in encoded(cu)] + [("elsewhere", _compact(V2).encode())])
 
 
-def _generated(count: int) -> list[tuple[str, str, bool]]:
+def _generated(count: int) -> list[tuple[str, bytes]]:
     settings = load_settings()
     records = generate(settings.simulate, count, 11, MAX_BYTES, shuffle=True)
-    return [(TOPIC_OF[r.event_type], r.value.decode("utf-8", "replace"), _is_utf8(r.value))
-            for r in records]
-
-
-def _is_utf8(data: bytes) -> bool:
-    try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+    return [(TOPIC_OF[r.event_type], r.value) for r in records]
 
 
 def _comparable(frame: DataFrame) -> DataFrame:
@@ -125,11 +137,9 @@ def test_fast_path_covers_every_version_with_a_sql_upcast() -> None:
 
 def test_fast_path_agrees_with_the_python_classifier(spark) -> None:
     hand = _hand_made()
-    rows = [(topic, 0, offset, value, utf8)
-            for offset, (topic, value, utf8) in enumerate(hand + _generated(4_000))]
-    bronze = spark.createDataFrame(
-        rows, "topic string, partition int, offset long, value string, value_utf8 boolean"
-    )
+    rows = [(topic, 0, offset, value)
+            for offset, (topic, value) in enumerate(hand + _generated(4_000))]
+    bronze = spark.createDataFrame(rows, "topic string, partition int, offset long, value binary")
     fast = fast_classify(bronze, TOPIC_TYPES, MAX_BYTES).cache()
     classified = classify_records(bronze, TOPIC_TYPES, MAX_BYTES).cache()
     taken: set[int] = set()
@@ -155,7 +165,7 @@ def test_fast_path_agrees_with_the_python_classifier(spark) -> None:
                  json.dumps(V2), _compact({k: V2[k] for k in reversed(V2)}),
                  _compact(V2).replace('"userId"', '"\\u0075serId"'),
                  _compact(SE1), _compact({**SE1, "cpuPct": 100.0}), _compact(CU1)]
-    assert {hand.index((t, v, True)) for t, v in zip(
+    assert {hand.index((t, v.encode())) for t, v in zip(
         [UA] * 12 + [SE, SE, CU], must_take, strict=True)} <= accepted
     # The generated valid records (the bulk of real traffic) nearly all take it.
     generated_valid = classified.filter(
@@ -170,8 +180,8 @@ def test_a_missing_project_jar_is_a_clear_error(spark, monkeypatch) -> None:
 
     monkeypatch.setattr(fastpath, "_JAVA_CLASS", "lakehouse.silver.NoSuchFastPath")
     bronze = spark.createDataFrame(
-        [(UA, 0, 0, _compact(V2), True)],
-        "topic string, partition int, offset long, value string, value_utf8 boolean",
+        [(UA, 0, 0, _compact(V2).encode())],
+        "topic string, partition int, offset long, value binary",
     )
     with pytest.raises(RuntimeError, match=r"not on Spark's classpath.*--project-jar"):
         fast_classify(bronze, TOPIC_TYPES, MAX_BYTES)

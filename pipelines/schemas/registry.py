@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import uuid
 from collections.abc import Callable
@@ -292,7 +293,9 @@ def _date_time_fields(event_type: str, version: int) -> tuple[str, ...]:
 
 
 def _json_type(value: object) -> str:
-    return _JSON_TYPES.get(type(value), type(value).__name__)
+    # bool comes before int in _JSON_TYPES: True is an int to Python, not to JSON.
+    kind = next((t for t in _JSON_TYPES if isinstance(value, t)), None)
+    return _JSON_TYPES[kind] if kind is not None else type(value).__name__
 
 
 def _describe(error: jsonschema.ValidationError) -> str:
@@ -328,8 +331,121 @@ def violations(event_type: str, version: int, payload: dict[str, Any]) -> list[s
     return [_describe(e) for e in sorted(errors, key=lambda e: (list(e.path), e.validator))]
 
 
+class _NotStrictJson(ValueError):
+    """Text Python's json module reads but that is not one unambiguous JSON value."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    seen: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in seen:
+            # RFC 8259 leaves a repeated name's meaning open: taking the last one (as
+            # Python does) or the first (as others do) would store a guess.
+            raise _NotStrictJson(f"{key}: the key appears twice in one object")
+        seen[key] = value
+    return seen
+
+
+def _no_constant(name: str) -> Any:
+    raise _NotStrictJson(f"not JSON: {name} is not a JSON number")
+
+
+class _HugeNumber(float):
+    """A JSON number beyond a double's range (it reads as infinity), with its text."""
+
+    text: str
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _number(text: str) -> float:
+    value = float(text)
+    if math.isfinite(value):
+        return value
+    huge = _HugeNumber(value)
+    huge.text = text
+    return huge
+
+
+_STRICT_DECODER = json.JSONDecoder(
+    object_pairs_hook=_unique_keys, parse_constant=_no_constant, parse_float=_number
+)
+
+
+def _strict_loads(text: str) -> Any:
+    """`json.loads`, minus what Python accepts beyond JSON: NaN and Infinity, and
+    objects with a repeated key."""
+    return _STRICT_DECODER.decode(text)
+
+
+def _lone_surrogate(value: Any, where: str = "$") -> str | None:
+    """Where a string (or key) holds an unpaired UTF-16 surrogate, which a `\\ud800`
+    escape gives and no Unicode text can: such a string cannot be stored as sent."""
+    if isinstance(value, str):
+        return (
+            None if not _SURROGATE.search(value)
+            else f"{where}: not valid Unicode (a lone surrogate escape)"
+        )
+    if isinstance(value, dict):
+        for key, item in value.items():
+            path = key if where == "$" else f"{where}.{key}"
+            found = _lone_surrogate(key, path) or _lone_surrogate(item, path)
+            if found:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _lone_surrogate(item, f"{where}[{i}]")
+            if found:
+                return found
+    return None
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# The typed columns of silver: LongType for JSON integers, DoubleType for numbers.
+_LONG_MIN, _LONG_MAX = -(2**63), 2**63 - 1
+
+
+def _unfit_numbers(schema: dict[str, Any], payload: dict[str, Any]) -> list[str]:
+    """Numbers of the schema's properties that their silver column (LongType for an
+    integer, DoubleType for a number) cannot hold as sent, which would be stored as
+    null or changed: an integer beyond 64 bits, a number beyond a double's range,
+    an integer a double would round. An integer field written as `5.0` (an integer
+    to JSON Schema) is set to the int 5 in `payload`, the same JSON number."""
+    found = []
+    for name, prop in schema.get("properties", {}).items():
+        value = payload.get(name)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            continue
+        shown = getattr(value, "text", value)
+        if prop.get("type") == "integer":
+            if isinstance(value, float) and value.is_integer() and abs(value) <= _EXACT_DOUBLE:
+                payload[name] = value = int(value)
+            is_big_float = isinstance(value, float) and (value.is_integer() or math.isinf(value))
+            if isinstance(value, int) and not _LONG_MIN <= value <= _LONG_MAX or is_big_float:
+                found.append(f"{name}: {shown} does not fit a 64-bit integer")
+        elif prop.get("type") == "number" and not _fits_double(value):
+            found.append(f"{name}: {shown} does not fit a double")
+    return found
+
+
+# Integers up to 2**53 are exact as doubles; beyond, `1e17` may not be the number sent.
+_EXACT_DOUBLE = 2**53
+
+
+def _fits_double(value: int | float) -> bool:
+    try:
+        as_double = float(value)
+    except OverflowError:
+        return False
+    return math.isfinite(as_double) and (not isinstance(value, int) or int(as_double) == value)
+
+
 def _reject(event_type: str, code: str, detail: str, version: int | None = None) -> Verdict:
-    return Verdict(event_type, code, detail, version, None)
+    # A detail quotes what was sent, which may hold a lone surrogate: escaped, so the
+    # detail itself is valid Unicode.
+    safe = detail.encode("utf-8", "backslashreplace").decode("utf-8")
+    return Verdict(event_type, code, safe, version, None)
 
 
 def classify(event_type: str, raw: bytes | str | None, max_bytes: int) -> Verdict:
@@ -348,15 +464,20 @@ def classify(event_type: str, raw: bytes | str | None, max_bytes: int) -> Verdic
             event_type, "oversize", f"record is {len(data)} bytes, the limit is {max_bytes}"
         )
     try:
-        payload = json.loads(data.decode("utf-8"))
+        payload = _strict_loads(data.decode("utf-8"))
     except UnicodeDecodeError as exc:
         return _reject(event_type, "invalid_json", f"not UTF-8: {exc}")
     except json.JSONDecodeError as exc:
         return _reject(event_type, "invalid_json", f"not JSON: {exc}")
+    except _NotStrictJson as exc:
+        return _reject(event_type, "invalid_json", str(exc))
     if not isinstance(payload, dict):
         return _reject(
             event_type, "invalid_json", f"expected a JSON object, found {_json_type(payload)}"
         )
+    lone = _lone_surrogate(payload)
+    if lone is not None:
+        return _reject(event_type, "invalid_json", lone)
 
     version = payload.get("schemaVersion", 1)
     # bool is an int in Python but not in JSON.
@@ -374,6 +495,9 @@ def classify(event_type: str, raw: bytes | str | None, max_bytes: int) -> Verdic
             f"(known: {list(versions_known)})",
             version,
         )
+    too_wide = _unfit_numbers(_json_schema(event_type, version), payload)
+    if too_wide:
+        return _reject(event_type, "schema_violation", "; ".join(too_wide), version)
     if not _fast_check(event_type, version)(payload):
         found = violations(event_type, version, payload) or ["does not match the schema"]
         return _reject(event_type, "schema_violation", "; ".join(found), version)

@@ -47,7 +47,7 @@ from pipelines.schemas.registry import (
 from pipelines.silver.tables import event_columns
 from pipelines.silver.transforms import as_silver_rows
 
-BRONZE_COLUMNS = ["topic", "partition", "offset", "value", "value_utf8"]
+BRONZE_COLUMNS = ["topic", "partition", "offset", "value"]
 
 # Keywords that describe rather than constrain.
 _ANNOTATIONS = {"$schema", "title", "description"}
@@ -235,8 +235,11 @@ def fast_classify(
     event when the record took the fast path, else null; `_event_type` and
     `_event_id` of a record that took it; `_suspect` is true for the records left to
     the Python classifier."""
-    eligible = F.col("value_utf8") & (F.octet_length("value") <= max_bytes)
-    value = F.col("value").cast("binary")  # a no-op on bronze, where it is binary
+    # Spark's binary -> string cast does not check the bytes; is_valid_utf8 does.
+    eligible = F.is_valid_utf8(F.col("value").cast("string")) & (
+        F.octet_length("value") <= max_bytes
+    )
+    value = F.col("value")
     by_type = {
         event_type: [t for t, e in topic_event_types.items() if e == event_type]
         for event_type in sorted(set(topic_event_types.values()))

@@ -70,7 +70,7 @@ QUARANTINE_SCHEMA = T.StructType([
     T.StructField("topic", T.StringType(), False),
     T.StructField("partition", T.IntegerType(), False),
     T.StructField("offset", T.LongType(), False),
-    T.StructField("value", T.StringType(), True),
+    T.StructField("value", T.BinaryType(), True),  # the bytes as Kafka delivered them
     T.StructField("error_code", T.StringType(), False),
     T.StructField("error_detail", T.StringType(), False),
     T.StructField("quarantined_at", T.TimestampType(), False),

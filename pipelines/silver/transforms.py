@@ -18,7 +18,7 @@ CLASSIFIED_SCHEMA = T.StructType([
     T.StructField("topic", T.StringType(), False),
     T.StructField("partition", T.IntegerType(), False),
     T.StructField("offset", T.LongType(), False),
-    T.StructField("value", T.StringType(), True),
+    T.StructField("value", T.BinaryType(), True),
     T.StructField("event_type", T.StringType(), True),
     T.StructField("error_code", T.StringType(), True),
     T.StructField("error_detail", T.StringType(), True),
@@ -52,18 +52,11 @@ def _classifier(topic_event_types: dict[str, str], max_bytes: int):  # noqa: ANN
             details: list[str | None] = [None] * n
             versions: list[int | None] = [None] * n
             events: list[str | None] = [None] * n
-            for i, (topic, value, utf8) in enumerate(
-                zip(cols["topic"], cols["value"], cols["value_utf8"], strict=True)
-            ):
+            for i, (topic, value) in enumerate(zip(cols["topic"], cols["value"], strict=True)):
                 event_type = topic_event_types.get(topic)
                 if event_type is None:
                     code, detail, version, event_json = (
                         "schema_violation", f"topic {topic!r} carries no known event type",
-                        None, None,
-                    )
-                elif utf8 is False:
-                    code, detail, version, event_json = (
-                        "invalid_json", "not UTF-8: the record's bytes are not valid UTF-8",
                         None, None,
                     )
                 else:
@@ -93,7 +86,7 @@ def classify_records(
 ) -> DataFrame:
     """Bronze rows -> one verdict per record: an error code and detail, or the event
     upcast to the latest version as JSON (`event_json`)."""
-    return bronze.select("topic", "partition", "offset", "value", "value_utf8").mapInArrow(
+    return bronze.select("topic", "partition", "offset", "value").mapInArrow(
         _classifier(topic_event_types, max_bytes), CLASSIFIED_SCHEMA
     )
 
