@@ -222,8 +222,7 @@ def status(
 ) -> None:
     """Tables, versions, row counts, stream lag and the bronze/silver accounting."""
     from pipelines.ops.readers import LogReader, SparkReader
-    from pipelines.ops.status import render_status
-    from pipelines.ops.status import status as collect_status
+    from pipelines.ops.status import collect_status, render_status
 
     settings = _settings(conf)
     reader = SparkReader(_spark(settings)) if spark else LogReader()

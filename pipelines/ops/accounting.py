@@ -3,28 +3,31 @@ quarantine. Checked per topic by counting."""
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame, SparkSession
+from collections.abc import Callable
 
-from pipelines.io.delta import table_exists
+from pyspark.sql import SparkSession
+
+from pipelines.ops.readers import SparkReader
 from pipelines.settings import Settings
 from pipelines.silver.tables import LAYER, QUARANTINE, TABLES
 
-
-def _counts(spark: SparkSession, path: str, topic_col: str) -> dict[str, int]:
-    if not table_exists(spark, path):
-        return {}
-    df: DataFrame = spark.read.format("delta").load(path)
-    return {r[0]: r[1] for r in df.groupBy(topic_col).count().collect()}
+# (table path, column) -> rows per value of the column, {} when there is no table.
+Counts = Callable[[str, str], dict[str, int]]
 
 
 def accounting(spark: SparkSession, settings: Settings) -> list[dict[str, object]]:
     """Per source topic: bronze rows, silver rows, quarantine rows, balanced or not."""
+    return accounting_from(SparkReader(spark).counts, settings)
+
+
+def accounting_from(counts: Counts, settings: Settings) -> list[dict[str, object]]:
+    """`accounting` with the rows per topic of each table counted by `counts`."""
     lake = settings.lakehouse
-    bronze = _counts(spark, lake.table_path("bronze", "events"), "topic")
-    quarantine = _counts(spark, lake.table_path(LAYER, QUARANTINE), "topic")
+    bronze = counts(lake.table_path("bronze", "events"), "topic")
+    quarantine = counts(lake.table_path(LAYER, QUARANTINE), "topic")
     silver: dict[str, int] = {}
     for table in TABLES:
-        for topic, n in _counts(spark, lake.table_path(LAYER, table.table), "source_topic").items():
+        for topic, n in counts(lake.table_path(LAYER, table.table), "source_topic").items():
             silver[topic] = silver.get(topic, 0) + n
     rows = []
     for topic in sorted(set(bronze) | set(silver) | set(quarantine)):
@@ -36,6 +39,3 @@ def accounting(spark: SparkSession, settings: Settings) -> list[dict[str, object
 
 def unbalanced_topics(report: list[dict[str, object]]) -> list[str]:
     return [str(r["topic"]) for r in report if not r["balanced"]]
-
-
-

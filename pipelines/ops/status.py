@@ -1,12 +1,16 @@
 """`lakehouse status`: every table (version, rows, size, last commit), the bronze ->
 silver accounting, quarantine by error code, and the lag of every streaming query.
 
+What it reads comes from a `LakeReader` (pipelines.ops.readers): the Delta logs and
+local checkpoint files by default, or Spark (`lakehouse status --spark`).
+
 Stream lag is read from the query's checkpoint, so it works whether the query runs
 or not, from any process:
 - Kafka source (bronze): end offsets of the source topics minus the offsets of the
   latest *committed* batch (`offsets/<n>` is written when batch n is planned, `commits/<n>`
-  when it is done; an uncommitted batch is still lag). A broker that does not answer
-  within `kafka.admin_timeout_s` gives lag None with the reason, never an error.
+  when it is done; an uncommitted batch is still lag). A broker that refuses the
+  connection, fails, or does not answer within `kafka.admin_timeout_s` gives lag None
+  with the reason, never an error.
 - Delta source (silver, gold): the table's current version minus the
   `reservoirVersion` of the committed offset; `lag_records` counts the rows added by
   the unprocessed commits (OPTIMIZE and VACUUM commits add none).
@@ -15,18 +19,19 @@ or not, from any process:
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from datetime import UTC, datetime
 from typing import Any
 
-from delta.tables import DeltaTable
 from kafka import KafkaConsumer, TopicPartition
 from pyspark.sql import SparkSession
 from rich.console import Group
 from rich.table import Table
 
-from pipelines.ops.accounting import accounting
-from pipelines.ops.catalog import BY_NAME, STREAMS, CatalogTable, StreamSource, existing_tables
+from pipelines.ops.accounting import accounting_from
+from pipelines.ops.catalog import BY_NAME, STREAMS, TABLES, CatalogTable, StreamSource
+from pipelines.ops.readers import LakeReader, SparkReader
 from pipelines.settings import Settings
 
 QUARANTINE = BY_NAME["silver.quarantine"]
@@ -35,59 +40,16 @@ QUARANTINE = BY_NAME["silver.quarantine"]
 # --- tables ---------------------------------------------------------------------------
 
 
-def table_status(spark: SparkSession, table: CatalogTable, path: str) -> dict[str, Any]:
+def table_status(reader: LakeReader, table: CatalogTable, path: str) -> dict[str, Any]:
     """Version, rows, files, bytes and last commit of one Delta table."""
-    dt = DeltaTable.forPath(spark, path)
-    last = dt.history(1).first()
-    version = int(last["version"])
-    detail = dt.detail().first()
-    # Pinned to `version` so rows and version agree under a concurrent writer; Delta
-    # answers count() from the log's per-file numRecords, without reading data.
-    rows = spark.read.format("delta").option("versionAsOf", version).load(path).count()
-    return {
-        "layer": table.layer,
-        "table": table.table,
-        "version": version,
-        "rows": int(rows),
-        "files": int(detail["numFiles"]),
-        "bytes": int(detail["sizeInBytes"]),
-        "last_commit": last["timestamp"],
-        "last_operation": last["operation"],
-    }
+    return {"layer": table.layer, "table": table.table, **reader.table_facts(path)}
 
 
-def quarantine_by_code(spark: SparkSession, settings: Settings) -> dict[str, int]:
-    path = QUARANTINE.path(settings)
-    if not DeltaTable.isDeltaTable(spark, path):
-        return {}
-    counts = spark.read.format("delta").load(path).groupBy("error_code").count().collect()
-    return {r["error_code"]: int(r["count"]) for r in sorted(counts)}
+def quarantine_by_code(reader: LakeReader, settings: Settings) -> dict[str, int]:
+    return dict(sorted(reader.counts(QUARANTINE.path(settings), "error_code").items()))
 
 
 # --- checkpoints ----------------------------------------------------------------------
-
-
-def _fs(spark: SparkSession, path: str) -> tuple[Any, Any]:
-    jvm = spark.sparkContext._jvm
-    hpath = jvm.org.apache.hadoop.fs.Path(path)
-    return hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), hpath
-
-
-def _batch_ids(spark: SparkSession, directory: str) -> set[int]:
-    fs, hpath = _fs(spark, directory)
-    if not fs.exists(hpath):
-        return set()
-    names = (s.getPath().getName() for s in fs.listStatus(hpath))
-    return {int(n) for n in names if n.isdigit()}
-
-
-def _read_text(spark: SparkSession, path: str) -> str:
-    fs, hpath = _fs(spark, path)
-    stream = fs.open(hpath)
-    try:
-        return spark.sparkContext._jvm.org.apache.commons.io.IOUtils.toString(stream, "UTF-8")
-    finally:
-        stream.close()
 
 
 def parse_offsets(text: str) -> list[dict[str, Any]]:
@@ -98,25 +60,45 @@ def parse_offsets(text: str) -> list[dict[str, Any]]:
     return [json.loads(line) if line.strip() != "-" else {} for line in lines[2:]]
 
 
-def committed_offsets(spark: SparkSession, checkpoint: str) -> tuple[int, dict[str, Any]] | None:
+def committed_offsets(reader: LakeReader, checkpoint: str) -> tuple[int, dict[str, Any]] | None:
     """(batch id, offsets of its single source) of the latest committed batch of a
     checkpoint, or None when no batch has committed."""
-    done = _batch_ids(spark, f"{checkpoint}/commits") & _batch_ids(spark, f"{checkpoint}/offsets")
+    done = reader.batch_ids(f"{checkpoint}/commits") & reader.batch_ids(f"{checkpoint}/offsets")
     if not done:
         return None
     batch = max(done)
-    sources = parse_offsets(_read_text(spark, f"{checkpoint}/offsets/{batch}"))
+    sources = parse_offsets(reader.read_text(f"{checkpoint}/offsets/{batch}"))
     return batch, (sources[0] if sources else {})
 
 
 # --- Kafka lag ------------------------------------------------------------------------
 
 
+def _unreachable(bootstrap: str, timeout_s: float) -> str | None:
+    """Why no bootstrap server accepts a TCP connection, or None when one does. A
+    refused connection fails here at once, where the Kafka client retries it until its
+    timeout."""
+    errors = []
+    for server in bootstrap.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+            return None
+        except ValueError:  # not host:port; the client reports what it makes of it
+            return None
+        except OSError as exc:
+            errors.append(str(exc))
+    return "; ".join(dict.fromkeys(errors))
+
+
 def kafka_offsets(
     bootstrap: str, topics: list[str], timeout_s: float
 ) -> tuple[dict[str, dict[int, tuple[int, int]]] | None, str | None]:
     """({topic: {partition: (beginning, end)}}, None), or (None, reason) when the broker
-    fails or does not answer within `timeout_s`."""
+    refuses, fails or does not answer within `timeout_s`."""
+    unreachable = _unreachable(bootstrap, timeout_s)
+    if unreachable:
+        return None, f"Kafka at {bootstrap}: {unreachable}"
     result: dict[str, Any] = {}
 
     def fetch() -> None:
@@ -177,12 +159,13 @@ def kafka_lag(
 # --- Delta lag ------------------------------------------------------------------------
 
 
-def _rows_added(metrics: dict[str, str] | None) -> int:
+def _rows_added(metrics: dict[str, Any] | None) -> int:
     metrics = metrics or {}
     # A MERGE's numOutputRows also counts the rows it copied; its inserts are the new data.
     if "numTargetRowsInserted" in metrics:
         return int(metrics["numTargetRowsInserted"])
-    return int(metrics.get("numOutputRows", 0))
+    # Spark names the rows a write added numOutputRows; delta-rs (`deltalake`) num_added_rows.
+    return int(metrics.get("numOutputRows", metrics.get("num_added_rows", 0)))
 
 
 def processed_version(offset: dict[str, Any] | None) -> int:
@@ -194,17 +177,16 @@ def processed_version(offset: dict[str, Any] | None) -> int:
     return version - 1 if int(offset.get("index", -1)) == -1 else version
 
 
-def delta_lag(spark: SparkSession, path: str, processed: int) -> tuple[int, int, int]:
+def delta_lag(reader: LakeReader, path: str, processed: int) -> tuple[int, int, int]:
     """(current version, versions behind, rows added by those versions)."""
-    dt = DeltaTable.forPath(spark, path)
-    current = int(dt.history(1).first()["version"])
+    ((current, _),) = reader.history(path, 1)
     behind = max(0, current - processed)
     if behind == 0:
         return current, 0, 0
     rows = sum(
-        _rows_added(r["operationMetrics"])
-        for r in dt.history(behind).collect()
-        if int(r["version"]) > processed
+        _rows_added(metrics)
+        for version, metrics in reader.history(path, behind)
+        if version > processed
     )
     return current, behind, rows
 
@@ -213,13 +195,15 @@ def delta_lag(spark: SparkSession, path: str, processed: int) -> tuple[int, int,
 
 
 def stream_status(
-    spark: SparkSession,
+    reader: LakeReader,
     settings: Settings,
     stream: StreamSource,
     kafka: tuple[dict[str, dict[int, tuple[int, int]]] | None, str | None] | None = None,
 ) -> dict[str, Any]:
+    """The lag of one streaming query; `kafka` ((offsets, reason) as `kafka_offsets`
+    gives them) spares asking the broker."""
     checkpoint = settings.lakehouse.checkpoint(stream.query)
-    committed = committed_offsets(spark, checkpoint)
+    committed = committed_offsets(reader, checkpoint)
     row: dict[str, Any] = {
         "query": stream.query,
         "source": stream.source,
@@ -244,27 +228,32 @@ def stream_status(
             row["lag_records"] = kafka_lag(offsets, offset)
         return row
     path = BY_NAME[stream.source].path(settings)
-    if not DeltaTable.isDeltaTable(spark, path):
+    if not reader.is_table(path):
         row["reason"] = f"source table {stream.source} does not exist yet"
         return row
     processed = processed_version(offset)
-    current, behind, rows = delta_lag(spark, path, processed)
+    current, behind, rows = delta_lag(reader, path, processed)
     row.update(processed=processed, latest=current, lag_versions=behind, lag_records=rows)
     return row
 
 
-def status(spark: SparkSession, settings: Settings) -> dict[str, Any]:
+def collect_status(reader: LakeReader, settings: Settings) -> dict[str, Any]:
     """Everything `lakehouse status` shows, as plain data (also the input of the
-    Prometheus metrics)."""
-    tables = [table_status(spark, t, t.path(settings)) for t in existing_tables(spark, settings)]
+    Prometheus metrics), read through `reader`: a `LogReader` or a `SparkReader`."""
+    existing = [t for t in TABLES if reader.is_table(t.path(settings))]
     return {
         "generated_at": datetime.now(UTC),
         "root": settings.lakehouse.root,
-        "tables": tables,
-        "accounting": accounting(spark, settings),
-        "quarantine": quarantine_by_code(spark, settings),
-        "streams": [stream_status(spark, settings, s) for s in STREAMS],
+        "tables": [table_status(reader, t, t.path(settings)) for t in existing],
+        "accounting": accounting_from(reader.counts, settings),
+        "quarantine": quarantine_by_code(reader, settings),
+        "streams": [stream_status(reader, settings, s) for s in STREAMS],
     }
+
+
+def status(spark: SparkSession, settings: Settings) -> dict[str, Any]:
+    """`collect_status` through a SparkSession (from a notebook that has one)."""
+    return collect_status(SparkReader(spark), settings)
 
 
 def _size(n: int) -> str:
