@@ -7,12 +7,15 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
 
 from pipelines.settings import Settings, load_settings
+
+if TYPE_CHECKING:  # pyspark is imported lazily: `status`, `up`, `schemas` start no JVM
+    from pyspark.sql import SparkSession
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__)
 schemas_app = typer.Typer(no_args_is_help=True, help="Event schema tools.")
@@ -57,8 +60,11 @@ def command(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Exception as exc:
             if os.environ.get("LAKEHOUSE_DEBUG"):
                 raise
-            kind = "error" if isinstance(exc, _user_errors()) else f"error ({type(exc).__name__})"
+            user_error = isinstance(exc, _user_errors())
+            kind = "error" if user_error else f"error ({type(exc).__name__})"
             message = " ".join(str(exc).split())[:500]
+            if not user_error and _spark_log and _spark_log[-1].exists():
+                message += f" (Spark's log: {_spark_log[-1]})"
             print(f"lakehouse: {kind}: {message}", file=sys.stderr)
             raise typer.Exit(1) from None
 
@@ -69,10 +75,19 @@ def _settings(conf: Path | None) -> Settings:
     return load_settings(conf)
 
 
-def _spark(settings: Settings):  # noqa: ANN202 - pyspark import stays lazy for fast commands
-    from pipelines.spark import build_spark
+# The log file of the JVM this command started, named in its output and its errors.
+_spark_log: list[Path] = []
 
-    return build_spark(settings.spark)
+
+def _spark(settings: Settings) -> SparkSession:
+    from pipelines.spark import build_spark, log_file
+
+    log = log_file(settings.spark)
+    _spark_log.append(log)
+    session = build_spark(settings.spark, log_to=log)
+    if log.exists():
+        console.print(f"[dim]Spark logs to {log}[/dim]")
+    return session
 
 
 @app.command()

@@ -88,13 +88,15 @@ def _launches_jvm() -> bool:
     return SparkContext._gateway is None and "PYSPARK_GATEWAY_PORT" not in os.environ
 
 
-def build_spark(spark: SparkSettings, extra: dict[str, str] | None = None) -> SparkSession:
+def build_spark(
+    spark: SparkSettings, extra: dict[str, str] | None = None, log_to: Path | None = None
+) -> SparkSession:
     """Create (or return the running) SparkSession configured for the lakehouse.
 
     An empty `master` leaves it to spark-submit; `fetch_jars: false` leaves the
     classpath to spark-submit's `--packages` and `--jars` (see conf/cluster.yaml).
-    A JVM started here logs at WARN to a file under `spark.log_dir` (named by
-    `log_file` and printed by the commands), not to the console.
+    A JVM started here logs at WARN to `log_to` (default: a new `log_file`), not to
+    the console.
     """
     # Python workers must be this interpreter (the venv), not whatever `python3`
     # is first on PATH: silver's classifier needs the venv's pyarrow and schemas.
@@ -125,9 +127,9 @@ def build_spark(spark: SparkSettings, extra: dict[str, str] | None = None) -> Sp
         return _configured(builder, options).getOrCreate()
     log4j = f"-Dlog4j2.configurationFile={Path(__file__).with_name('log4j2.properties').as_uri()}"
     java_options = " ".join(filter(None, [options.get(_DRIVER_JAVA_OPTIONS), log4j]))
-    with _children_write_to(log_file(spark)):
-        session = _configured(builder, {**options, _DRIVER_JAVA_OPTIONS: java_options}).getOrCreate()
-    return session
+    configured = _configured(builder, {**options, _DRIVER_JAVA_OPTIONS: java_options})
+    with _children_write_to(log_to or log_file(spark)):
+        return configured.getOrCreate()
 
 
 _DRIVER_JAVA_OPTIONS = "spark.driver.extraJavaOptions"

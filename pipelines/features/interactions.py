@@ -6,6 +6,7 @@ plain values), so the tests run them on three-row inputs.
 
 from __future__ import annotations
 
+from pyspark.ml.feature import StringIndexer
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
@@ -89,17 +90,17 @@ def completed_pairs(sessions: DataFrame) -> DataFrame:
 def id_index(ids: DataFrame, id_col: str, index_col: str) -> DataFrame:
     """A dense 0-based int index of the distinct ids, in id order.
 
-    ALS needs int ids. StringIndexer orders by frequency and may break ties
-    differently between runs; a sorted dense_rank depends only on the set of
-    ids, so the same input versions always give the same index. The window
-    has no partition (one task): fine for the millions of ids we expect.
+    ALS needs int ids. StringIndexer's default (by frequency) may break ties
+    differently between runs; in alphabetical order the index depends only on the
+    set of ids, so the same input versions always give the same index. The ids are
+    counted by a distributed aggregation and indexed by a projection (no window
+    over one partition).
     """
-    return (
-        ids.select(id_col)
-        .distinct()
-        .withColumn(index_col, (F.dense_rank().over(Window.orderBy(id_col)) - 1).cast("int"))
-        .select(id_col, index_col)
-    )
+    distinct = ids.select(id_col).distinct()
+    indexer = StringIndexer(
+        inputCol=id_col, outputCol=index_col, stringOrderType="alphabetAsc"
+    ).fit(distinct)
+    return indexer.transform(distinct).select(id_col, F.col(index_col).cast("int"))
 
 
 def to_ratings(interactions: DataFrame, users: DataFrame, items: DataFrame) -> DataFrame:
@@ -178,13 +179,17 @@ def popular_items(popularity: DataFrame, n: int) -> DataFrame:
     included: most distinct viewers in the window first, then most plays, then
     media_id so ties are stable.
     """
-    order = Window.orderBy(
-        F.col("unique_viewers_7d").desc(), F.col("plays_7d").desc(), F.col("media_id")
-    )
+    order = [F.col("unique_viewers_7d").desc(), F.col("plays_7d").desc(), F.col("media_id")]
+    # Structs compare field by field: a smaller key is ahead in `order`.
+    key = F.struct(-F.col("unique_viewers_7d"), -F.col("plays_7d"), F.col("media_id"))
+    top = popularity.orderBy(*order).limit(n).select("media_id", key.alias("key"))
+    # A rank is 1 + the number of the top n ahead of an item: n x n rows, where a
+    # window over them would run in one partition (Spark drops a literal partition key).
+    ahead = F.col("b.key") < F.col("a.key")
     return (
-        popularity.withColumn("pop_rank", F.row_number().over(order))
-        .filter(F.col("pop_rank") <= n)
-        .select("media_id", "pop_rank")
+        top.alias("a").join(top.alias("b"), on=ahead, how="left")
+        .groupBy(F.col("a.media_id").alias("media_id"))
+        .agg((F.count(F.col("b.media_id")) + 1).cast("int").alias("pop_rank"))
     )
 
 
