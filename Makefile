@@ -9,7 +9,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 JARS_STAMP := .cache/jars/.ready
 
-.PHONY: install jars run test test-fast lint bench up down clean
+.PHONY: install jars run test test-fast lint typecheck bench up down clean
 
 install: $(STAMP)
 
@@ -36,6 +36,10 @@ test-fast: jars
 
 lint: install
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mypy
+
+typecheck: install
+	$(VENV)/bin/mypy
 
 bench: jars
 	$(PY) -m bench.run

@@ -28,13 +28,14 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines.features import interactions as ix
 from pipelines.features.evaluate import EVAL_K, ranking_metrics, relevant_items, split_sessions
 from pipelines.features.model import AlsParams, fit, param_grid, top_scores
+from pipelines.io.delta import latest_commit
 from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ def current_versions(spark: SparkSession, settings: Settings) -> dict[str, int]:
         path = _input_path(settings, name)
         if not DeltaTable.isDeltaTable(spark, path):
             raise FileNotFoundError(f"{name}: no Delta table at {path}; run the streams first")
-        versions[name] = int(DeltaTable.forPath(spark, path).history(1).head()["version"])
+        versions[name] = int(latest_commit(DeltaTable.forPath(spark, path))["version"])
     return versions
 
 
@@ -139,18 +140,25 @@ class Timings(dict):
 
 
 
+def _one_row(aggregate: DataFrame) -> Row:
+    """The row of an aggregate without grouping (ranking_metrics is one too)."""
+    row = aggregate.head()
+    assert row is not None  # such an aggregate has one row, even over no input
+    return row
+
+
 def _candidates(exclude: DataFrame, k: int, items: int, max_extra: int) -> int:
     """How many scores to ask per user so k survive the exclusion of completed items.
 
     At most `max_extra` beyond k: a binge-watcher with 800 completions would make every
     user's candidate list 800 long; past the cap such a user's list is topped up from
     popularity instead."""
-    row = exclude.groupBy("user_id").count().agg(F.max("count")).head()
+    row = _one_row(exclude.groupBy("user_id").count().agg(F.max("count")))
     most_completed = min(int(row[0] or 0), max_extra)
     return max(1, min(k + most_completed, items))
 
 
-def _metrics(row: Any) -> dict[str, float | None]:
+def _metrics(row: Row) -> dict[str, float | None]:
     return {m: (None if row[m] is None else float(row[m])) for m in METRICS}
 
 
@@ -190,7 +198,7 @@ def evaluate_grid(
     `weights` are the keyword arguments of `implicit_feedback` (features.weights).
     """
     timings = Timings() if timings is None else timings
-    newest = sessions.agg(F.max("session_end")).head()[0]
+    newest = _one_row(sessions.agg(F.max("session_end")))[0]
     cut = newest - timedelta(days=holdout_days)
     train, test = split_sessions(sessions, cut)
     relevant = relevant_items(train, test, relevant_watch_ms).cache()
@@ -215,9 +223,9 @@ def evaluate_grid(
             can_fit = eval_users.count() > 0 and ratings.count() > 0
         with timings.phase("holdout_baseline"):
             empty = spark.createDataFrame([], SCORES_SCHEMA)
-            baseline = ranking_metrics(
+            baseline = _one_row(ranking_metrics(
                 ix.blend_recommendations(empty, popular, eval_users, exclude, EVAL_K), relevant
-            ).head()
+            ))
         results = []
         for i, params in enumerate(grid):
             if not can_fit:
@@ -229,7 +237,7 @@ def evaluate_grid(
                 # Cached: the blend reads the scores twice (candidates and counts).
                 scores = top_scores(model, eval_users, users, items, n).cache()
                 recs = ix.blend_recommendations(scores, popular, eval_users, exclude, EVAL_K)
-                metrics = _metrics(ranking_metrics(recs, relevant).head())
+                metrics = _metrics(_one_row(ranking_metrics(recs, relevant)))
                 scores.unpersist()
             results.append({**params.as_dict(), **metrics})
         return {
@@ -394,7 +402,7 @@ def _final(
 
 def _rows_written(spark: SparkSession, path: str) -> int:
     """Rows of the last write to a Delta table, from its log (no scan)."""
-    metrics = DeltaTable.forPath(spark, path).history(1).head()["operationMetrics"]
+    metrics = latest_commit(DeltaTable.forPath(spark, path))["operationMetrics"]
     return int(metrics.get("numOutputRows", 0))
 
 

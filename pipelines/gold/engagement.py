@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from functools import partial
 
 from delta.tables import DeltaTable
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
@@ -207,7 +207,7 @@ def refresh_sessions(spark: SparkSession, conf: EngagementConf, events: DataFram
         # Materialized first: the source reads the very table this MERGE rewrites.
         .localCheckpoint(eager=True)
     )
-    columns = {c: f"s.`{c}`" for c in fresh.columns}
+    columns: dict[str, str | Column] = {c: f"s.`{c}`" for c in fresh.columns}
     return _written(
         target.alias("t")
         .merge(changes.alias("s"), "t.session_id = s.session_id")

@@ -20,6 +20,7 @@ from pipelines.gold.engagement import (
     gold_frames,
     refresh,
 )
+from pipelines.io.delta import latest_commit
 from pipelines.settings import Settings
 
 
@@ -65,7 +66,7 @@ def recompute_all(spark: SparkSession, settings: Settings) -> dict[str, int]:
     ensure_tables(spark, conf)
     silver = DeltaTable.forPath(spark, conf.silver)
     # One snapshot for the rebuild and for deciding which late events it covers.
-    version = silver.history(1).select("version").first()[0]
+    version = latest_commit(silver)["version"]
     actions = spark.read.format("delta").option("versionAsOf", version).load(conf.silver)
     counts = {}
     for table, frame in gold_frames(actions, conf).items():

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from delta.tables import DeltaTable
 from pyspark import SparkContext
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
 
 if TYPE_CHECKING:
@@ -17,6 +17,15 @@ _POOL = "spark.scheduler.pool"
 
 def table_exists(spark: SparkSession, path: str) -> bool:
     return DeltaTable.isDeltaTable(spark, path)
+
+
+def latest_commit(table: DeltaTable) -> Row:
+    """The newest row of `table`'s history (`version`, `timestamp`, `operation`,
+    `operationMetrics`, ...)."""
+    commit = table.history(1).first()
+    # A Delta table has at least the commit that created it.
+    assert commit is not None
+    return commit
 
 
 def ensure_table(
@@ -81,7 +90,8 @@ def start_with_trigger(
             return writer.trigger(availableNow=True).start()
         return writer.trigger(processingTime=interval).start()
     finally:
-        context.setLocalProperty(_POOL, None)
+        # None unsets the property (as pyspark's docstring says); its annotation says str.
+        context.setLocalProperty(_POOL, cast(str, None))
 
 
 def append_once(df: DataFrame, path: str, app_id: str, version: int) -> None:

@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Callable, Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 from delta.tables import DeltaTable
@@ -46,7 +47,7 @@ from rich.progress import (
 )
 
 from pipelines.io.conflicts import ConflictRetriesExhausted, one_line, with_conflict_retries
-from pipelines.io.delta import ensure_table, merge_insert_new
+from pipelines.io.delta import ensure_table, latest_commit, merge_insert_new
 from pipelines.ops.catalog import CatalogTable, existing_tables
 from pipelines.settings import Settings
 
@@ -90,20 +91,23 @@ def session_conf(spark: SparkSession, values: dict[str, str]) -> Iterator[None]:
     try:
         yield
     finally:
-        for key, value in previous.items():
-            if value is None:
+        for key, old in previous.items():
+            if old is None:
                 spark.conf.unset(key)
             else:
-                spark.conf.set(key, value)
+                spark.conf.set(key, old)
 
 
 def _detail(spark: SparkSession, path: str) -> dict[str, Any]:
-    return DeltaTable.forPath(spark, path).detail().first().asDict()
+    detail = DeltaTable.forPath(spark, path).detail().first()
+    assert detail is not None  # DESCRIBE DETAIL answers one row
+    return detail.asDict()
 
 
 def storage_bytes(spark: SparkSession, path: str) -> int:
     """Bytes stored under `path` on any Hadoop filesystem (local, s3a, abfs, ...)."""
     jvm = spark.sparkContext._jvm
+    assert jvm is not None  # set while a SparkContext runs
     hpath = jvm.org.apache.hadoop.fs.Path(path)
     fs = hpath.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     return int(fs.getContentSummary(hpath).getLength())
@@ -138,7 +142,9 @@ def optimize_table(
     )
     builder = dt.optimize()
     result = builder.executeZOrderBy(*columns) if columns else builder.executeCompaction()
-    metrics = result.first()["metrics"]
+    summary = result.first()
+    assert summary is not None  # OPTIMIZE answers one row, even when it rewrote nothing
+    metrics = summary["metrics"]
     after = _detail(spark, path)
     return {
         "operation": ZORDER if columns else OPTIMIZE,
@@ -153,7 +159,7 @@ def optimize_table(
 def _vacuumed_files(dt: DeltaTable, since_version: int) -> int | None:
     """numDeletedFiles of the VACUUM END commit after `since_version` (Delta logs VACUUM
     as commits); None when the store does not log vacuums."""
-    latest = int(dt.history(1).first()["version"])
+    latest = int(latest_commit(dt)["version"])
     if latest <= since_version:
         return None
     for row in dt.history(latest - since_version).collect():
@@ -173,7 +179,7 @@ def vacuum_table(spark: SparkSession, path: str, retention_hours: int) -> dict[s
             "safety check: check disabled for this call (maintenance.vacuum_retention_hours)"
         )
     dt = DeltaTable.forPath(spark, path)
-    version = int(dt.history(1).first()["version"])
+    version = int(latest_commit(dt)["version"])
     bytes_before = storage_bytes(spark, path)
     with session_conf(spark, confs):
         dt.vacuum(float(retention_hours))
@@ -269,14 +275,14 @@ def maintain(
                 with session_conf(spark, max_file):
                     rows.append(_run_action(
                         table.name, OPTIMIZE,
-                        lambda t=table, p=path: optimize_table(spark, t, p, zorder_min_bytes),
+                        partial(optimize_table, spark, table, path, zorder_min_bytes),
                         retries, backoff_s,
                     ))
                 bar.advance(task)
                 if vacuum:
                     bar.update(task, description=f"vacuum {table.name}")
                     rows.append(_run_action(
-                        table.name, VACUUM, lambda p=path: vacuum_table(spark, p, retention),
+                        table.name, VACUUM, partial(vacuum_table, spark, path, retention),
                         retries, backoff_s,
                     ))
                     bar.advance(task)

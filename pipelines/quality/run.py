@@ -148,6 +148,13 @@ def _spark_source() -> SparkDatasource:
     return context.data_sources.add_spark(DATASOURCE, persist=False)
 
 
+def _rule_index(validation: ExpectationValidationResult) -> int:
+    """The index `build_suite` put in the meta of the result's expectation."""
+    config = validation.expectation_config
+    assert config is not None  # a suite's validation gives each result its expectation
+    return int(config.meta["rule"])
+
+
 def validate_table(
     source: SparkDatasource, table: str, rules: list[Rule], df: DataFrame
 ) -> list[dict[str, Any]]:
@@ -158,7 +165,7 @@ def validate_table(
         .get_batch(batch_parameters={"dataframe": df})
     )
     outcome = batch.validate(build_suite(table, rules), result_format=RESULT_FORMAT)
-    by_rule = {int(r.expectation_config.meta["rule"]): r for r in outcome.results}
+    by_rule = {_rule_index(r): r for r in outcome.results}
     if missing := set(range(len(rules))) - set(by_rule):
         raise RuntimeError(f"{table}: GX returned no result for rules {sorted(missing)}")
     return [result_row(rule, by_rule[i]) for i, rule in enumerate(rules)]

@@ -67,7 +67,7 @@ class Rule:
     def build(self, meta: dict[str, Any] | None = None) -> Expectation:
         """A fresh GX expectation (one belongs to at most one suite)."""
         cls = expectation_class(self.expectation)
-        return cls(**self.kwargs, severity=self.severity, meta=meta)
+        return cls(**self.kwargs, severity=FailureSeverity(self.severity), meta=meta)
 
 
 @cache
@@ -92,7 +92,7 @@ def expectation_class(name: str) -> type[Expectation]:
     return cls
 
 
-def _schema_ref(spec: Mapping[str, Any], _: Settings) -> Any:
+def _schema_ref(spec: Mapping[str, Any], settings: Settings) -> Any:
     target, keyword = str(spec["schema"]), str(spec.get("keyword", "enum"))
     event_type, _, field = target.partition(".")
     try:
@@ -114,7 +114,7 @@ def _setting_ref(spec: Mapping[str, Any], settings: Settings) -> Any:
     return node
 
 
-def _constant_ref(spec: Mapping[str, Any], _: Settings) -> Any:
+def _constant_ref(spec: Mapping[str, Any], settings: Settings) -> Any:
     target = str(spec["constant"])
     module, _, attr = target.rpartition(".")
     # Only this code base: a conf file must not be a way to import arbitrary modules.

@@ -8,7 +8,7 @@ import time
 from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pipelines.settings import Settings
 from pipelines.simulate.generator import ManifestBuilder, SimRecord, generate
@@ -77,7 +77,7 @@ def _producer(bootstrap: str) -> Any:
         for name in ("NoBrokersAvailable", "KafkaTimeoutError", "KafkaConnectionError")
         if hasattr(errors, name)
     )
-    compression = "lz4" if importlib.util.find_spec("lz4") else None
+    compression: Literal["lz4"] | None = "lz4" if importlib.util.find_spec("lz4") else None
     try:
         return KafkaProducer(
             bootstrap_servers=bootstrap,
@@ -116,7 +116,7 @@ def simulate(
     generation time."""
     started_at = datetime.now(UTC)
     span = timedelta(seconds=events / (rate or NOMINAL_EVENTS_PER_S)) if now else None
-    records = generate(
+    records: Iterable[SimRecord] = generate(
         settings.simulate,
         events,
         seed,
