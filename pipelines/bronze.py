@@ -8,7 +8,7 @@ from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
 from pipelines.io.delta import delta_append_stream, ensure_table, start_with_trigger
-from pipelines.io.kafka_source import read_kafka_stream
+from pipelines.io.kafka_source import read_kafka_stream, require_topics
 from pipelines.settings import Settings
 
 LAYER, TABLE = "bronze", "events"
@@ -48,6 +48,9 @@ def ensure_bronze(spark: SparkSession, settings: Settings) -> None:
 
 def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[StreamingQuery]:
     ensure_bronze(spark, settings)
+    require_topics(
+        settings.kafka.bootstrap, settings.kafka.source_topics, settings.kafka.admin_timeout_s
+    )
     records = read_kafka_stream(
         spark, settings.kafka.bootstrap, settings.kafka.source_topics, settings.streaming
     )

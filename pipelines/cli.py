@@ -309,8 +309,11 @@ def demo(
 
     step("simulate", produce)
     spark = _spark(settings)
-    step("stream (available now)", lambda: run_layers(
-        spark, settings, ["bronze", "silver", "gold"], True, report=console.print) or "drained")
+    def drain() -> str:
+        run_layers(spark, settings, ["bronze", "silver", "gold"], True, report=console.print)
+        return "drained"
+
+    step("stream (available now)", drain)
     step("reconcile", lambda: f"{run_reconcile(spark, settings)['late_events']} late events")
     step("retrain", lambda: _retrain_line(run_retrain(spark, settings)))
     step("quality", lambda: _quality_line(spark, settings))

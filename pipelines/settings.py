@@ -235,7 +235,8 @@ def _set_path(tree: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
 
 
 def _env_overrides(env: dict[str, str]) -> list[tuple[tuple[str, ...], Any]]:
-    overrides = []
+    overrides: list[tuple[tuple[str, ...], Any]] = []
+    path: tuple[str, ...]
     for name, raw in sorted(env.items()):
         if not name.startswith("LAKEHOUSE_") or name in NOT_SETTINGS:
             continue

@@ -18,6 +18,8 @@ from delta.tables import DeltaTable as SparkDeltaTable
 from deltalake import DeltaTable
 from pyspark.sql import SparkSession
 
+from pipelines.io.delta import latest_commit
+
 # (version, operationMetrics) of one commit.
 Commit = tuple[int, dict[str, Any] | None]
 
@@ -126,9 +128,10 @@ class SparkReader:
 
     def table_facts(self, path: str) -> dict[str, Any]:
         dt = SparkDeltaTable.forPath(self.spark, path)
-        last = dt.history(1).first()
+        last = latest_commit(dt)
         version = int(last["version"])
         detail = dt.detail().first()
+        assert detail is not None  # DESCRIBE DETAIL has one row per table
         # Pinned to `version` so rows and version agree under a concurrent writer; Delta
         # answers count() from the log's per-file numRecords, without reading data.
         rows = self.spark.read.format("delta").option("versionAsOf", version).load(path).count()
@@ -152,8 +155,14 @@ class SparkReader:
         rows = SparkDeltaTable.forPath(self.spark, path).history(limit).collect()
         return [(int(r["version"]), r["operationMetrics"]) for r in rows]
 
-    def _fs(self, path: str) -> tuple[Any, Any]:
+    @property
+    def _jvm(self) -> Any:
         jvm = self.spark.sparkContext._jvm
+        assert jvm is not None  # set while the session runs
+        return jvm
+
+    def _fs(self, path: str) -> tuple[Any, Any]:
+        jvm = self._jvm
         hpath = jvm.org.apache.hadoop.fs.Path(path)
         return hpath.getFileSystem(self.spark.sparkContext._jsc.hadoopConfiguration()), hpath
 
@@ -168,7 +177,7 @@ class SparkReader:
         fs, hpath = self._fs(path)
         stream = fs.open(hpath)
         try:
-            io_utils = self.spark.sparkContext._jvm.org.apache.commons.io.IOUtils
+            io_utils = self._jvm.org.apache.commons.io.IOUtils
             return io_utils.toString(stream, "UTF-8")
         finally:
             stream.close()

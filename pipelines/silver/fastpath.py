@@ -267,7 +267,7 @@ def fast_classify(
         structs.append(typed.alias(fast_column(event_type)))
     # The event type and id again as plain columns: the dedup reads only them, and a
     # cached struct column is decoded whole.
-    event_type = F.coalesce(*(
+    type_of_event = F.coalesce(*(
         F.when(F.col(fast_column(t)).isNotNull(), F.lit(t)) for t in by_type
     ))
     event_id = F.coalesce(*(F.col(fast_column(t))["event_id"] for t in by_type))
@@ -275,7 +275,7 @@ def fast_classify(
     # duplicates to quarantine (cheaper here than reading the batch a second time).
     return (
         parsed.select(*BRONZE_COLUMNS, *structs)
-        .withColumn("_event_type", event_type)
+        .withColumn("_event_type", type_of_event)
         .withColumn("_event_id", event_id)
         .withColumn("_suspect", F.col("_event_type").isNull())
     )

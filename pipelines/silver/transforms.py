@@ -52,6 +52,10 @@ def _classifier(topic_event_types: dict[str, str], max_bytes: int):  # noqa: ANN
             details: list[str | None] = [None] * n
             versions: list[int | None] = [None] * n
             events: list[str | None] = [None] * n
+            code: str | None
+            detail: str | None
+            version: int | None
+            event_json: str | None
             for i, (topic, value) in enumerate(zip(cols["topic"], cols["value"], strict=True)):
                 event_type = topic_event_types.get(topic)
                 if event_type is None:

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
+from pipelines.kafka.embedded import BrokerError
 from pipelines.settings import Settings
 from pipelines.simulate.generator import ManifestBuilder, SimRecord, generate
 
@@ -88,8 +89,9 @@ def _producer(bootstrap: str) -> Any:
             bootstrap_timeout_ms=BOOTSTRAP_TIMEOUT_MS,
         )
     except unreachable as exc:
-        raise RuntimeError(
-            f"cannot reach Kafka at {bootstrap}: is `lakehouse up` running?"
+        raise BrokerError(
+            f"no Kafka broker answers at {bootstrap}: start the embedded one with "
+            "`lakehouse up`, or set kafka.bootstrap (LAKEHOUSE_KAFKA_BOOTSTRAP)"
         ) from exc
 
 
