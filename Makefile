@@ -28,7 +28,7 @@ $(JARS_STAMP): $(STAMP) conf/local.yaml pipelines/jars.py pipelines/jvm.py $(she
 run: jars
 	$(VENV)/bin/lakehouse demo
 
-test: jars
+test: jars typecheck
 	$(VENV)/bin/pytest -q
 
 test-fast: jars

@@ -86,7 +86,7 @@ def _spark(settings: Settings) -> SparkSession:
     _spark_log.append(log)
     session = build_spark(settings.spark, log_to=log)
     if log.exists():
-        console.print(f"[dim]Spark logs to {log}[/dim]")
+        print(f"Spark logs to {log}", file=sys.stderr)
     return session
 
 

@@ -21,6 +21,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# The `lakehouse` command of this virtual environment.
+LAKEHOUSE = str(Path(sys.executable).with_name("lakehouse"))
+# Tables printed to a pipe are as wide as a terminal would be: names not cut short.
+WIDE = {"COLUMNS": "200"}
+
+
 @dataclass(frozen=True)
 class Lake:
     """Settings of one isolated lakehouse (own root, own topic names) plus the
@@ -32,17 +38,18 @@ class Lake:
     def cli(
         self, *args: str, timeout: float = 600, check: bool = True
     ) -> subprocess.CompletedProcess:
+        """`lakehouse ARGS` as a user types it: the installed console script."""
         return subprocess.run(
-            [sys.executable, "-m", "pipelines.cli", *args],
-            env={**os.environ, **self.env}, capture_output=True, text=True,
+            [LAKEHOUSE, *args],
+            env={**os.environ, **WIDE, **self.env}, capture_output=True, text=True,
             timeout=timeout, check=check, cwd=PROJECT_ROOT,
         )
 
     def popen(self, *args: str) -> subprocess.Popen:
         return subprocess.Popen(
-            [sys.executable, "-m", "pipelines.cli", *args],
-            env={**os.environ, **self.env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            text=True, cwd=PROJECT_ROOT,
+            [LAKEHOUSE, *args],
+            env={**os.environ, **WIDE, **self.env}, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, text=True, cwd=PROJECT_ROOT,
         )
 
 
@@ -89,16 +96,45 @@ def spark(broker_env: dict[str, str]):  # noqa: ANN201
 _lake_counter = iter(range(1_000_000))
 
 
-@pytest.fixture
-def lake(broker_env: dict[str, str], tmp_path: Path) -> Lake:
-    """A fresh lakehouse root and fresh topic names for one test."""
+def _new_lake(broker_env: dict[str, str], folder: Path) -> Lake:
     n = next(_lake_counter)
-    env = {**broker_env, "LAKEHOUSE_ROOT": str(tmp_path / "lake"),
-           "LAKEHOUSE_SIMULATE__MANIFEST_DIR": str(tmp_path / "manifests")}
+    env = {**broker_env, "LAKEHOUSE_ROOT": str(folder / "lake"),
+           "LAKEHOUSE_SIMULATE__MANIFEST_DIR": str(folder / "manifests")}
     base = load_settings(env=broker_env)
     for kind, topic in base.kafka.topics.items():
         env[f"LAKEHOUSE_KAFKA__TOPICS__{kind.upper()}__NAME"] = f"t{n}.{topic.name}"
     return Lake(load_settings(env=env), env)
+
+
+@pytest.fixture
+def lake(broker_env: dict[str, str], tmp_path: Path) -> Lake:
+    """A fresh lakehouse root and fresh topic names for one test."""
+    return _new_lake(broker_env, tmp_path)
+
+
+@dataclass(frozen=True)
+class DemoLake(Lake):
+    """A lakehouse that `lakehouse demo` filled, with what the demo printed."""
+
+    demo: subprocess.CompletedProcess
+
+
+# Small enough to take about a minute, large enough for every table (a retrain, late
+# events, quarantine of every code).
+DEMO_EVENTS = 4000
+
+
+@pytest.fixture(scope="session")
+def small_lakehouse(
+    kafka: Settings, broker_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> DemoLake:
+    """One small lakehouse for the whole run, made the way a user makes it: `lakehouse
+    demo` in a child process (broker, simulation, every layer, reconcile, retrain,
+    quality). Tests that add to it only add (the command tests, the notebooks)."""
+    lake = _new_lake(broker_env, tmp_path_factory.mktemp("small_lakehouse"))
+    demo = lake.cli("demo", "--events", str(DEMO_EVENTS), "--seed", "42", check=False)
+    assert demo.returncode == 0, demo.stdout[-3000:] + demo.stderr[-3000:]
+    return DemoLake(lake.settings, lake.env, demo)
 
 
 @pytest.fixture
