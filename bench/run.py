@@ -2,8 +2,9 @@
 
     python -m bench.run [--records 1000000] [--only simulate,ingest,freshness]
 
-Results go to bench/results/<name>.json (one file per measurement, overwritten
-by the next run; git keeps the history). Uses the embedded broker of
+Results go to bench/results/<scenario>.json (simulate, ingest, freshness; one
+file per scenario, overwritten by the next run; git keeps the history, and
+bench/HISTORY.md says in a few lines what changed the figures). Uses the embedded broker of
 conf/local.yaml under a separate lakehouse root (bench/tmp).
 """
 
@@ -198,7 +199,8 @@ def bench_ingest(
         "kafka_broker": round(rss_mb(broker_pid)) if broker_pid else None,
         "spark_driver_jvm": _spark_peak_mb(broker_pid),
     }
-    name = "ingest" if tag == "ingest" else f"ingest-{tag}"
+    name = "ingest"  # one file per scenario; the topics' tag is recorded inside
+    alone["topics_tag"] = tag
     _save(name, alone)  # kept even if the side-by-side part fails
 
     # Side by side: a second load, bronze and silver running concurrently.
@@ -387,7 +389,7 @@ def bench_freshness(seconds: int, rate: int, pipeline_nice: int = 0, warmup: int
             return None
         return round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 1)
 
-    _save(f"freshness-{rate}", {
+    _save("freshness", {
         "rate_events_per_s": rate, "seconds": seconds, "warmup_s": warmup,
         "pipeline_nice": pipeline_nice,
         "probes": len(sent),

@@ -18,11 +18,6 @@ finds unusual sends the record to the Python classifier, which stays the
 definition: the fast path may only decline, never decide differently.
 `tests/test_silver_fastpath.py` checks that differentially on generated and
 hand-made records.
-
-Before 2026-11-28 the same checks were Spark built-ins (`from_json`, a `to_json`
-round trip, SQL predicates): one large generated projection, and records with
-spaces or another key order went to Python. The Java pass was not measurably
-faster on its own (bench/results/silver-jvm-fastpath.json).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Silver job: bronze.events -> silver event tables + silver.quarantine.
 
-Records are typed by Spark built-ins when certainly valid (`fastpath`); the
-rest go through the Python classifier, which says why a record is bad.
+Records are typed in the JVM when certainly valid (`fastpath`); the rest go
+through the Python classifier, which says why a record is bad.
 
 Exactly once without streaming state:
 - every table is written with an idempotent append (`txnAppId` = the query id,
@@ -220,8 +220,7 @@ def process_batch(
         # Built here, one after the other, before anything reads them: the keys below
         # read both caches from four union branches, which Spark runs as concurrent
         # jobs; building a cache from those, a task can wait for the partition another
-        # is building, holding a core idle. Measured gain small: typing a 1.75M-record
-        # batch 24.6-27.5 s -> 21.9-25.7 s (silver-experiments-2026-11-28.json).
+        # is building, holding a core idle.
         fast.count()
         classified = classify_records(suspects(fast), topic_types, max_bytes).persist()
         cached.append(classified)
@@ -235,8 +234,7 @@ def process_batch(
             _flag(rank_in_batch(keys, repeated, _KEY), held, _KEY).filter(~F.col("_new"))
         )
         # The quarantine first: its jobs are small, but queued behind the big table's
-        # tasks (FIFO within the pool) they ran after it, a tail of ~5 s of mostly
-        # idle cores per 3.5M-record batch (warm: 59-67 s -> 54 s, same JVM).
+        # tasks (FIFO within the pool) they ran after it, a tail of mostly idle cores.
         writes = [partial(
             _append_rejected, settings, classified, settled, settled_to_join, fast, app_id,
             batch_id,
