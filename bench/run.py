@@ -424,10 +424,159 @@ def _newest_manifest(folder: Path) -> dict[str, Any] | None:
                                          "pregenerate_seconds")}
 
 
+# --- history does not matter ----------------------------------------------------------
+
+# The batch's day; the bulk-built history is the year before it.
+HISTORY_DAY = datetime(2026, 11, 1, tzinfo=UTC)
+
+
+def _history_batch(spark, settings, records: int):  # noqa: ANN001, ANN202
+    """`records` simulated bronze rows of one hour of one day, cached."""
+    from datetime import timedelta
+
+    from pipelines.simulate.generator import generate
+
+    rows = [
+        (settings.topic(r.topic_kind).name, 0, offset, r.value)
+        for offset, r in enumerate(generate(
+            settings.simulate, records, 77, settings.streaming.max_record_bytes,
+            now=HISTORY_DAY, span=timedelta(hours=1),
+        ))
+    ]
+    batch = spark.createDataFrame(rows, "topic string, partition int, offset long, value binary")
+    batch = batch.repartition(4).cache()
+    batch.count()
+    return batch
+
+
+def _add_history(spark, settings, rows: int, start: int) -> None:  # noqa: ANN001
+    """`rows` user actions of the year before HISTORY_DAY appended to silver in bulk
+    (users and media of the simulator's id space; offsets from `start`)."""
+    from pyspark.sql import functions as F
+
+    from pipelines.silver.tables import silver_schema
+
+    seconds = 365 * 86_400
+    first = int(HISTORY_DAY.timestamp()) - seconds
+    actions = F.array(*(F.lit(a) for a in ("play", "pause", "skip", "seek", "complete")))
+    frame = (
+        spark.range(start, start + rows)
+        .select(
+            F.expr("uuid()").alias("event_id"),
+            F.format_string("u-%05d", (F.col("id") * 7919) % 2000 + 1).alias("user_id"),
+            actions[(F.col("id") % 5).cast("int")].alias("action"),
+            F.timestamp_seconds(F.lit(first) + (F.col("id") * 104_729) % seconds).alias(
+                "event_time"),
+            F.format_string("m-%06d", (F.col("id") * 31) % 600 + 1).alias("media_id"),
+            F.lit(None).cast("string").alias("session_id"),
+            F.lit(None).cast("long").alias("position_ms"),
+            F.lit("web").alias("device"),
+            F.lit(2).alias("schema_version"),
+            F.lit("bench.history").alias("source_topic"),
+            F.lit(0).alias("source_partition"),
+            F.col("id").alias("source_offset"),
+            F.current_timestamp().alias("processed_at"),
+        )
+        .withColumn("event_date", F.to_date("event_time"))
+    )
+    schema = silver_schema("user_action")
+    frame.select(*(F.col(f.name).cast(f.dataType) for f in schema.fields)).write.format(
+        "delta").mode("append").partitionBy("event_date").save(
+        settings.lakehouse.table_path("silver", "user_actions"))
+
+
+def _held_whole_table(spark, settings, keys):  # noqa: ANN001, ANN202
+    """Silver's lookup before it was bounded to the batch's dates: every held key of
+    the three tables (kept here to measure against)."""
+    from functools import reduce
+
+    from pyspark.sql import DataFrame
+    from pyspark.sql import functions as F
+
+    from pipelines.silver.tables import TABLES
+
+    coords = ["source_topic", "source_partition", "source_offset"]
+    tables = (
+        spark.read.format("delta").load(settings.lakehouse.table_path("silver", t.table))
+        .select(F.lit(t.event_type).alias("event_type"), "event_id", *coords)
+        for t in TABLES
+    )
+    return reduce(DataFrame.unionByName, tables).join(
+        keys.select("event_type", "event_id"), on=["event_type", "event_id"], how="left_semi")
+
+
+def _versions(spark, paths: list[str]) -> dict[str, int]:  # noqa: ANN001
+    from delta.tables import DeltaTable
+
+    from pipelines.io.delta import latest_commit
+
+    return {p: int(latest_commit(DeltaTable.forPath(spark, p))["version"]) for p in paths}
+
+
+def _restore(spark, versions: dict[str, int]) -> None:  # noqa: ANN001
+    for path, version in _versions(spark, list(versions)).items():
+        if version > versions[path]:
+            spark.sql(f"RESTORE TABLE delta.`{path}` TO VERSION AS OF {versions[path]}")
+
+
+def bench_history(batch_records: int, sizes: list[int]) -> None:
+    """History does not matter: one fixed batch of `batch_records` records through
+    silver with each size of history already held in silver.user_actions (built in
+    bulk over the year before the batch's day), the lookup as it is (the batch's
+    event dates) and as it was (whole tables), alternated in one JVM; the tables are
+    restored after each run so every run sees the same state."""
+    from pipelines.silver import job as silver_job
+    from pipelines.silver.tables import QUARANTINE, TABLES
+    from pipelines.spark import build_spark
+
+    settings = _settings("history")
+    spark = build_spark(settings.spark)
+    silver_job.ensure_silver(spark, settings)
+    paths = [settings.lakehouse.table_path("silver", t.table) for t in TABLES]
+    paths.append(settings.lakehouse.table_path("silver", QUARANTINE))
+    batch = _history_batch(spark, settings, batch_records)
+    bounded = silver_job._held
+    variants = {"batch_dates": bounded, "whole_table": _held_whole_table}
+
+    def run(variant: str) -> float:
+        silver_job._held = variants[variant]
+        before = _versions(spark, paths)
+        started = time.monotonic()
+        silver_job.process_batch(batch, 0, settings, app_id=f"bench-{uuid.uuid4()}")
+        seconds = time.monotonic() - started
+        _restore(spark, before)
+        return round(seconds, 1)
+
+    results, held = [], 0
+    try:
+        run("batch_dates")  # JIT warm-up, not recorded
+        for size in sorted(sizes):
+            started = time.monotonic()
+            _add_history(spark, settings, size - held, start=10_000_000_000 + held)
+            build_s = time.monotonic() - started
+            held = size
+            row: dict[str, Any] = {"held_rows": size, "build_s": round(build_s, 1)}
+            for variant in ("batch_dates", "whole_table", "batch_dates", "whole_table"):
+                row.setdefault(f"silver_{variant}_s", []).append(run(variant))
+            results.append(row)
+            print(row)
+    finally:
+        silver_job._held = bounded
+    _save("history", {
+        "batch_records": batch_records,
+        "runs": results,
+        "note": "silver only; gold's history scenario is not built yet",
+    })
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--records", type=int, default=1_000_000)
-    parser.add_argument("--only", default="simulate,ingest,freshness")
+    parser.add_argument("--only", default="simulate,ingest,history,freshness")
+    parser.add_argument("--history-batch", type=int, default=100_000,
+                        help="history: records of the fixed micro-batch")
+    parser.add_argument("--history-sizes", default="1000000,10000000,30000000",
+                        help="history: rows held before the batch, comma-separated")
     parser.add_argument("--fresh-seconds", type=int, default=120)
     parser.add_argument("--fresh-rate", type=int, default=5000)
     parser.add_argument("--fresh-warmup", type=int, default=60,
@@ -457,6 +606,8 @@ def main() -> None:
     if "ingest" in chosen:
         bench_ingest(args.records, reuse=args.reuse, side_records=args.side_records,
                      tag=args.ingest_tag, drains=args.drains)
+    if "history" in chosen:
+        bench_history(args.history_batch, [int(n) for n in args.history_sizes.split(",")])
     if "freshness" in chosen:
         bench_freshness(args.fresh_seconds, args.fresh_rate, args.pipeline_nice,
                         args.fresh_warmup)

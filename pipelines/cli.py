@@ -266,9 +266,10 @@ def reconcile(
     else:
         counts = gold_reconcile.reconcile(spark, settings)
         print(
-            f"reconciled {counts['late_events']} late events: {counts['windows']} windows, "
-            f"{counts['sessions']} sessions, {counts['user_days']} user-days, "
-            f"{counts['days']} days recomputed"
+            f"moved {counts['duplicates']} duplicates past the stream's lookup to quarantine; "
+            f"reconciled {counts['late_events']} late events and {counts['swept']} moved "
+            f"actions: {counts['windows']} windows, {counts['sessions']} sessions, "
+            f"{counts['user_days']} user-days, {counts['days']} days recomputed"
         )
 
 

@@ -119,8 +119,9 @@ def test_stream_runs_until_interrupted_and_serves_metrics(small_lakehouse) -> No
 def test_reconcile_retrain_quality_maintain(small_lakehouse) -> None:
     lake = small_lakehouse
     out = _ok(lake.cli("reconcile", check=False))
-    assert re.match(r"reconciled \d+ late events: \d+ windows, \d+ sessions, \d+ user-days, "
-                    r"\d+ days recomputed$", out.strip())
+    assert re.match(r"moved \d+ duplicates past the stream's lookup to quarantine; reconciled "
+                    r"\d+ late events and \d+ moved actions: \d+ windows, \d+ sessions, "
+                    r"\d+ user-days, \d+ days recomputed$", out.strip())
 
     runs = _rows(lake, "features.training_runs")
     out = _ok(lake.cli("retrain", check=False))

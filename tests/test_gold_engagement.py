@@ -223,13 +223,15 @@ def test_engagement_stream_out_of_order_late_reconcile_and_replay(spark, lake) -
     # Nov 1, the other day it could touch), day Nov 2; e15: window (m2, 23:55), pair
     # (u3, m2), user day (u3, Nov 1), day Nov 1.
     assert reconcile(spark, lake.settings) == {
-        "late_events": 2, "windows": 2, "sessions": 2, "user_days": 2, "days": 2,
+        "duplicates": 0, "late_events": 2, "swept": 0, "windows": 2, "sessions": 2,
+        "user_days": 2, "days": 2,
     }
     _assert_gold(spark, lake, everything)
     assert _ops(spark, lake, "late_events").filter(F.col("reconciled_at").isNull()).count() == 0
     # Nothing left: a second reconcile does nothing.
     assert reconcile(spark, lake.settings) == {
-        "late_events": 0, "windows": 0, "sessions": 0, "user_days": 0, "days": 0,
+        "duplicates": 0, "late_events": 0, "swept": 0, "windows": 0, "sessions": 0,
+        "user_days": 0, "days": 0,
     }
 
     # Replay: the batch of run 3 once more (its second run), as after a crash before the

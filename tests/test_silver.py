@@ -13,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
+from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from pipelines.schemas.registry import v1_event_id
@@ -156,29 +157,67 @@ def test_values_python_would_alter_go_to_quarantine_not_silver(spark, lake) -> N
     )
 
 
-def test_process_batch_catches_reused_id_in_another_partition(spark, lake) -> None:
-    """A producer reusing an event id with another date (another event_date partition):
-    the lookup covers the whole table, so the row is a duplicate, not a second row.
-    Ids are unique per table: an upload with the same id is a new upload."""
+def test_an_id_reused_on_another_date_is_moved_by_reconcile(spark, lake) -> None:
+    """The stream looks ids up in the event-date partitions of its batch: an id reused
+    with another date (another partition) passes it, and `reconcile`'s sweep moves the
+    later copy to quarantine, deletes it from silver and recomputes the gold keys it
+    fed; bronze = silver + quarantine again. Ids are unique per table: an upload with
+    the same id is a new upload."""
+    from pipelines.gold.engagement import (
+        GOLD_KEYS,
+        KEY_COLUMNS,
+        EngagementConf,
+        ensure_tables,
+        gold_frames,
+        refresh,
+    )
+    from pipelines.gold.reconcile import reconcile
+
     s = lake.settings
     ua, cu = s.topic("user_actions").name, s.topic("content_uploads").name
     moved = {**V2, "timestamp": "2026-11-05T09:30:00Z"}
     # A lower-case `z`: valid, but the JVM fast path leaves it to the Python classifier.
     upload = {"schemaVersion": 1, "eventId": V2["eventId"], "mediaId": "m9",
               "creatorId": "c1", "timestamp": "2026-11-05T09:30:00z"}
-    # The actions by the JVM fast path, the upload by the Python classifier.
-    batch1 = _bronze(spark, [(ua, 0, 1, _compact(V2))])
-    batch2 = _bronze(spark, [(ua, 0, 2, _compact(moved)),
-                             (cu, 0, 7, _compact(upload))])
-    fast = fast_classify(batch2, {ua: "user_action", cu: "content_upload"}, 4096)
+    rows = [(ua, 0, 1, _compact(V2)), (ua, 0, 2, _compact(moved)), (cu, 0, 7, _compact(upload))]
+    fast = fast_classify(_bronze(spark, rows[1:]), {ua: "user_action", cu: "content_upload"}, 4096)
     assert [r.offset for r in fast.filter("NOT _suspect").collect()] == [2]
+    bronze = _bronze(spark, rows).withColumn("kafka_timestamp", F.current_timestamp())
+    bronze.write.format("delta").save(s.lakehouse.table_path("bronze", "events"))
     ensure_silver(spark, s)
-    process_batch(batch1, 0, s, "query")
-    process_batch(batch2, 1, s, "query")
+    process_batch(_bronze(spark, rows[:1]), 0, s, "query")
+    process_batch(_bronze(spark, rows[1:]), 1, s, "query")
+    silver_path = s.lakehouse.table_path("silver", "user_actions")
+    assert spark.read.format("delta").load(silver_path).count() == 2  # passed the lookup
+    conf = EngagementConf.from_settings(s)
+    ensure_tables(spark, conf)
+    refresh(spark, conf, spark.read.format("delta").load(silver_path).select(*KEY_COLUMNS))
+
+    counts = reconcile(spark, s)
+    assert (counts["duplicates"], counts["swept"]) == (1, 1)
+    actions = spark.read.format("delta").load(silver_path)
+    assertDataFrameEqual(actions.select("event_id", "source_offset"), [(V2["eventId"], 1)])
     quarantine = spark.read.format("delta").load(s.lakehouse.table_path("silver", "quarantine"))
-    assertDataFrameEqual(quarantine.select("offset", "error_code"), [(2, "duplicate")])
+    assertDataFrameEqual(
+        quarantine.select("offset", "value", "error_code", "error_detail"),
+        [(2, bytearray(_compact(moved).encode()), "duplicate",
+          f"duplicate: event_id {V2['eventId']} was already accepted from {ua}[0]@1")],
+    )
     uploads = spark.read.format("delta").load(s.lakehouse.table_path("silver", "content_uploads"))
     assertDataFrameEqual(uploads.select("event_id", "source_offset"), [(V2["eventId"], 7)])
+    # Gold is what silver now holds: the moved copy's window, session and days are gone.
+    for table, expected in gold_frames(actions, conf).items():
+        got = spark.read.format("delta").load(conf.gold[table])
+        assertDataFrameEqual(got.orderBy(*GOLD_KEYS[table]), expected.orderBy(*GOLD_KEYS[table]))
+    sweeps = spark.read.format("delta").load(s.lakehouse.table_path("ops", "duplicate_sweeps"))
+    assertDataFrameEqual(
+        sweeps.select("event_type", "source_offset", "first_offset", "media_id",
+                      F.col("reconciled_at").isNotNull().alias("reconciled")),
+        [("user_action", 2, 1, "m2", True)],
+    )
+    # Nothing left: a second reconcile moves and recomputes nothing.
+    again = reconcile(spark, s)
+    assert (again["duplicates"], again["swept"], again["late_events"]) == (0, 0, 0)
 
 
 # ---------------------------------------------------------------- end to end
@@ -245,7 +284,7 @@ def test_silver_tables_keep_statistics_of_their_filter_columns_only(spark, lake)
     process_batch(_bronze(spark, [(ua, 0, 1, json.dumps(V2)), (ua, 0, 2, "{")]),
                   0, s, "query-a")
     for table, expected in [("user_actions", {"event_time", "user_id", "media_id"}),
-                            ("quarantine", {"topic", "error_code"})]:
+                            ("quarantine", {"topic", "error_code", "partition", "offset"})]:
         actions = pa.table(DeltaTable(s.lakehouse.table_path("silver", table)).get_add_actions(
             flatten=True)).to_pydict()
         assert actions["num_records"] == [1]

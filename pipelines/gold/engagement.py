@@ -36,7 +36,6 @@ from pipelines.gold.transforms import (
     media_engagement,
     sessionize,
     touched_dates,
-    touched_pairs,
     touched_user_days,
     touched_windows,
     user_daily_engagement,
@@ -134,6 +133,21 @@ def ensure_tables(spark: SparkSession, conf: EngagementConf) -> None:
 # --- recompute touched keys from silver (shared with reconcile) -----------------------
 
 
+def _time_bounds(times: DataFrame) -> tuple[str | None, str | None]:
+    """Min and max of the timestamp column `t` as SQL literals' text, formatted by Spark
+    in the session time zone (the zone the literals are read in), or (None, None)."""
+    fmt = "yyyy-MM-dd HH:mm:ss.SSSSSS"
+    row = times.agg(F.date_format(F.min("t"), fmt).alias("low"),
+                    F.date_format(F.max("t"), fmt).alias("high")).first()
+    return (None, None) if row is None else (row["low"], row["high"])
+
+
+def _in_dates(dates: list) -> str:
+    """A MERGE condition on the target's event_date: one of `dates` (literals)."""
+    literals = ", ".join(f"DATE'{d.isoformat()}'" for d in dates)
+    return f"t.event_date IN ({literals})"
+
+
 def _collect_dates(dates: DataFrame) -> list:
     """Driver-side list of dates, so that the silver read prunes event_date partitions."""
     return sorted(r[0] for r in dates.distinct().collect())
@@ -145,13 +159,29 @@ def _written(merge_metrics: DataFrame) -> int:
     return 0 if metrics is None else metrics["num_inserted_rows"] + metrics["num_updated_rows"]
 
 
-def _upsert(spark: SparkSession, path: str, fresh: DataFrame, keys: list[str]) -> int:
-    condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+def _replace(
+    spark: SparkSession, path: str, fresh: DataFrame, touched: DataFrame, keys: list[str],
+    within: str,
+) -> int:
+    """Upsert `fresh` (rows keyed by `keys`) and delete the rows of the `touched` keys
+    that `fresh` no longer has (their last action was removed from silver: a swept
+    duplicate, an erased user), in one MERGE; returns rows written. `within` is a
+    condition on the target (`t.`) with literals that every touched key meets: Delta
+    skips the files outside it instead of joining the whole table."""
+    gone = touched.select(*keys).join(fresh.select(*keys), on=keys, how="left_anti")
+    no_values = [F.lit(None).cast(f.dataType).alias(f.name) for f in fresh.schema.fields
+                 if f.name not in keys]
+    changes = fresh.withColumn("_delete", F.lit(False)).unionByName(
+        gone.select(*keys, *no_values).withColumn("_delete", F.lit(True))
+    )
+    condition = " AND ".join([*(f"t.`{k}` = s.`{k}`" for k in keys), within])
+    columns: dict[str, str | Column] = {c: f"s.`{c}`" for c in fresh.columns}
     return _written(
         DeltaTable.forPath(spark, path).alias("t")
-        .merge(fresh.alias("s"), condition)
-        .whenMatchedUpdateAll()
-        .whenNotMatchedInsertAll()
+        .merge(changes.alias("s"), condition)
+        .whenMatchedDelete(condition="s._delete")
+        .whenMatchedUpdate(set=columns)
+        .whenNotMatchedInsert(condition="NOT s._delete", values=columns)
         .execute()
     )
 
@@ -180,25 +210,78 @@ def refresh_windows(spark: SparkSession, conf: EngagementConf, events: DataFrame
         .drop("window_start")
     )
     fresh = media_engagement(actions, conf.window)
-    return _upsert(spark, conf.gold[MEDIA_ENGAGEMENT], fresh, GOLD_KEYS[MEDIA_ENGAGEMENT])
+    low, high = _time_bounds(windows.select(F.col("window_start").alias("t")))
+    return _replace(
+        spark, conf.gold[MEDIA_ENGAGEMENT], fresh, windows, GOLD_KEYS[MEDIA_ENGAGEMENT],
+        f"t.window_start >= timestamp'{low}' AND t.window_start <= timestamp'{high}'",
+    )
+
+
+def session_ranges(events: DataFrame, sessions: DataFrame, gap: str) -> DataFrame:
+    """Per (user_id, media_id) of `events`, the event-time range (`r_start`, `r_end`)
+    whose sessions the events can change: their own times, widened to every held
+    session within `gap` of them (which a new action may join, merge with another or
+    split). Outside it, the pair's sessions stay as they are: the action before the
+    range ends a session more than `gap` earlier, the one after starts one."""
+    pairs = events.groupBy("user_id", "media_id").agg(
+        F.min("event_time").alias("t0"), F.max("event_time").alias("t1")
+    )
+    near = sessions.join(F.broadcast(pairs), on=["user_id", "media_id"], how="inner").filter(
+        (F.col("session_end") >= F.col("t0") - _gap(gap))
+        & (F.col("session_start") <= F.col("t1") + _gap(gap))
+    )
+    return (
+        pairs.join(near.select("user_id", "media_id", "session_start", "session_end"),
+                   on=["user_id", "media_id"], how="left")
+        .groupBy("user_id", "media_id")
+        .agg(
+            F.least(F.min("t0"), F.min("session_start")).alias("r_start"),
+            F.greatest(F.max("t1"), F.max("session_end")).alias("r_end"),
+        )
+    )
+
+
+def _gap(gap: str) -> Column:
+    return F.expr(f"INTERVAL {gap}")
 
 
 def refresh_sessions(spark: SparkSession, conf: EngagementConf, events: DataFrame) -> int:
-    """Replace every session of the (user_id, media_id) pairs of `events`, recomputed
-    from all their silver actions; returns the number of sessions written.
+    """Replace the sessions of the (user_id, media_id) pairs of `events` within the
+    ranges they can change (`session_ranges`), recomputed from the pairs' silver
+    actions in those ranges; returns the number of sessions written. The cost is the
+    batch's time span, not the pairs' history: silver is read in the event-date
+    partitions of the ranges, gold within literal time bounds (file statistics).
 
-    No partition pruning here: a session chain can span any number of days. One MERGE
-    both upserts the fresh sessions and deletes the pairs' sessions that no longer
-    exist (an out-of-order event can merge two sessions or split one), so readers
-    never see a pair half-replaced.
+    One MERGE both upserts the fresh sessions and deletes the sessions of the ranges
+    that no longer exist (an out-of-order event can merge two sessions or split one),
+    so readers never see a range half-replaced.
     """
-    pairs = F.broadcast(touched_pairs(events))
-    actions = _silver(spark, conf).join(pairs, on=["user_id", "media_id"], how="left_semi")
-    fresh = sessionize(actions, conf.gap)
+    low, high = _time_bounds(events.select(F.col("event_time").alias("t")))
+    if low is None:
+        return 0
     target = DeltaTable.forPath(spark, conf.gold[PLAYBACK_SESSIONS])
+    # Sessions near the batch: a literal window, so Delta skips the files of others.
+    near = target.toDF().filter(
+        (F.col("session_end") >= F.expr(f"timestamp'{low}' - INTERVAL {conf.gap}"))
+        & (F.col("session_start") <= F.expr(f"timestamp'{high}' + INTERVAL {conf.gap}"))
+    )
+    ranges = session_ranges(events, near, conf.gap).localCheckpoint(eager=True)
+    span_low, span_high = _time_bounds(ranges.select(F.explode(F.array("r_start", "r_end"))
+                                                     .alias("t")))
+    dates = _collect_dates(ranges.select(F.explode(F.sequence(
+        F.to_date("r_start"), F.to_date("r_end"))).alias("event_date")))
+    in_range = F.col("event_time").between(F.col("r_start"), F.col("r_end"))
+    actions = (
+        _silver(spark, conf).filter(F.col("event_date").isin(dates))
+        .join(F.broadcast(ranges), on=["user_id", "media_id"], how="inner")
+        .filter(in_range)
+        .drop("r_start", "r_end")
+    )
+    fresh = sessionize(actions, conf.gap)
     stale = (
-        target.toDF()
-        .join(pairs, on=["user_id", "media_id"], how="left_semi")
+        near.join(F.broadcast(ranges), on=["user_id", "media_id"], how="inner")
+        .filter(F.col("session_start").between(F.col("r_start"), F.col("r_end")))
+        .select(*fresh.columns)
         .join(fresh.select("session_id"), on="session_id", how="left_anti")
     )
     changes = (
@@ -208,9 +291,13 @@ def refresh_sessions(spark: SparkSession, conf: EngagementConf, events: DataFram
         .localCheckpoint(eager=True)
     )
     columns: dict[str, str | Column] = {c: f"s.`{c}`" for c in fresh.columns}
+    # Every matched session starts within the ranges: a literal bound for file skipping.
+    within = (
+        f"t.session_start >= timestamp'{span_low}' AND t.session_start <= timestamp'{span_high}'"
+    )
     return _written(
         target.alias("t")
-        .merge(changes.alias("s"), "t.session_id = s.session_id")
+        .merge(changes.alias("s"), f"t.session_id = s.session_id AND {within}")
         .whenMatchedDelete(condition="s._delete")
         .whenMatchedUpdate(set=columns)
         .whenNotMatchedInsert(condition="NOT s._delete", values=columns)
@@ -235,17 +322,21 @@ def refresh_user_days(spark: SparkSession, conf: EngagementConf, events: DataFra
         F.broadcast(user_days), on=["event_date", "user_id"], how="left_semi"
     )
     fresh = user_daily_engagement(annotated)
-    return _upsert(spark, conf.gold[USER_DAILY], fresh, GOLD_KEYS[USER_DAILY])
+    key_days = _collect_dates(user_days.select("event_date"))
+    return _replace(spark, conf.gold[USER_DAILY], fresh, user_days, GOLD_KEYS[USER_DAILY],
+                    _in_dates(key_days))
 
 
 def refresh_active_days(spark: SparkSession, conf: EngagementConf, events: DataFrame) -> int:
     """Recompute daily_active_users for the dates of `events`; returns days written."""
-    dates = _collect_dates(touched_dates(events))
+    touched = touched_dates(events)
+    dates = _collect_dates(touched)
     if not dates:
         return 0
     actions = _silver(spark, conf).filter(F.col("event_date").isin(dates))
     fresh = daily_active_users(actions)
-    return _upsert(spark, conf.gold[DAILY_ACTIVE], fresh, GOLD_KEYS[DAILY_ACTIVE])
+    return _replace(spark, conf.gold[DAILY_ACTIVE], fresh, touched, GOLD_KEYS[DAILY_ACTIVE],
+                    _in_dates(dates))
 
 
 REFRESHERS = {

@@ -1,8 +1,10 @@
-"""Reconcile gold with late events, and rebuild gold from silver.
+"""Reconcile gold with late events and swept duplicates, and rebuild gold from silver.
 
 The engagement stream records events older than its watermark in ops.late_events
-instead of refreshing their keys. `reconcile` refreshes those keys now, with the same
-recompute functions the stream uses, then marks the events reconciled. Run it with
+instead of refreshing their keys; the duplicate sweep moves ids held twice in silver
+to quarantine and logs them to ops.duplicate_sweeps. `reconcile` runs the sweep, then
+refreshes the keys of both with the same recompute functions the stream uses, and
+marks them reconciled. Run it with
 the stream stopped, or accept that a concurrent MERGE on the same gold table may
 fail with a Delta conflict (rerunning is safe: it is idempotent).
 """
@@ -22,6 +24,7 @@ from pipelines.gold.engagement import (
 )
 from pipelines.io.delta import latest_commit
 from pipelines.settings import Settings
+from pipelines.silver.sweep import COORDS, SWEEPS, sweep_duplicates
 
 
 def _mark_reconciled(spark: SparkSession, conf: EngagementConf, events: DataFrame) -> None:
@@ -36,26 +39,51 @@ def _mark_reconciled(spark: SparkSession, conf: EngagementConf, events: DataFram
     )
 
 
-def reconcile(spark: SparkSession, settings: Settings) -> dict[str, int]:
-    """Recompute the gold keys of every unreconciled late event and mark them reconciled.
+def _mark_swept(spark: SparkSession, sweeps: str, moved: DataFrame) -> None:
+    coords = " AND ".join(f"t.{c} = s.{c}" for c in COORDS)
+    (
+        DeltaTable.forPath(spark, sweeps).alias("t")
+        .merge(moved.select(*COORDS).alias("s"), coords)
+        .whenMatchedUpdate(
+            condition="t.reconciled_at IS NULL", set={"reconciled_at": F.current_timestamp()}
+        )
+        .execute()
+    )
 
-    Returns counts: late_events, windows, sessions, user_days, days (rows recomputed).
+
+def reconcile(spark: SparkSession, settings: Settings) -> dict[str, int]:
+    """Sweep silver for event ids held twice (pipelines.silver.sweep), then recompute
+    the gold keys of every unreconciled late event and moved duplicate, and mark them
+    reconciled.
+
+    Returns counts: duplicates (moved to quarantine now), late_events, swept (moved
+    actions whose gold keys were recomputed), windows, sessions, user_days, days.
     """
+    duplicates = sweep_duplicates(spark, settings)
     conf = EngagementConf.from_settings(settings)
     ensure_tables(spark, conf)
-    pending = (
+    sweeps = settings.lakehouse.table_path(*SWEEPS)
+    # Pinned: rows recorded while we run are left for the next reconcile.
+    late = (
         spark.read.format("delta").load(conf.late_events)
         .filter(F.col("reconciled_at").isNull())
         .select(*KEY_COLUMNS)
-        # Pinned: late events recorded while we run are left for the next reconcile.
         .localCheckpoint(eager=True)
     )
-    late_events = pending.count()
-    if not late_events:
-        return {"late_events": 0, "windows": 0, "sessions": 0, "user_days": 0, "days": 0}
-    counts = refresh(spark, conf, pending)
-    _mark_reconciled(spark, conf, pending)
-    return {"late_events": late_events, **counts}
+    swept = (
+        spark.read.format("delta").load(sweeps)
+        .filter(F.col("reconciled_at").isNull() & (F.col("event_type") == "user_action"))
+        .select(*KEY_COLUMNS, *COORDS)
+        .localCheckpoint(eager=True)
+    )
+    late_events, swept_events = late.count(), swept.count()
+    counts = {"windows": 0, "sessions": 0, "user_days": 0, "days": 0}
+    if late_events or swept_events:
+        counts = refresh(spark, conf, late.unionByName(swept.select(*KEY_COLUMNS)))
+        _mark_reconciled(spark, conf, late)
+        _mark_swept(spark, sweeps, swept)
+    return {"duplicates": duplicates, "late_events": late_events, "swept": swept_events,
+            **counts}
 
 
 def recompute_all(spark: SparkSession, settings: Settings) -> dict[str, int]:

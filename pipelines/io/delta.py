@@ -49,8 +49,11 @@ def ensure_table(
 
 def read_delta_stream(spark: SparkSession, path: str, streaming: StreamingSettings) -> DataFrame:
     """A Delta table as a stream source, its micro-batches bounded by the
-    `max_files_per_trigger` and `max_bytes_per_trigger` settings (when set)."""
-    reader = spark.readStream.format("delta")
+    `max_files_per_trigger` and `max_bytes_per_trigger` settings (when set).
+
+    Commits that delete or rewrite rows (the duplicate sweep of `reconcile`) are
+    skipped, not streamed and not a failure: whoever deletes corrects downstream."""
+    reader = spark.readStream.format("delta").option("skipChangeCommits", "true")
     if streaming.max_files_per_trigger:
         reader = reader.option("maxFilesPerTrigger", streaming.max_files_per_trigger)
     if streaming.max_bytes_per_trigger:

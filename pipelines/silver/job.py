@@ -35,6 +35,7 @@ from pipelines.silver.tables import (
     LAYER,
     QUARANTINE,
     QUARANTINE_SCHEMA,
+    SOURCE_COLUMNS,
     TABLES,
     ensure_silver_table,
     table_properties,
@@ -50,6 +51,7 @@ from pipelines.silver.transforms import (
 
 QUERY_NAME = "silver_events"
 _COORDS = ["source_topic", "source_partition", "source_offset"]
+
 # Dedup is per silver table: an event_id is unique within its event type.
 _KEY = ("event_type", "event_id")
 _QUARANTINE_KEYS = ["topic", "partition", "offset"]
@@ -117,10 +119,11 @@ def _sized(
 
 
 def _batch_keys(fast: DataFrame, classified: DataFrame) -> DataFrame:
-    """(event_type, event_id, source coordinates) of every valid record of the batch."""
+    """(event_type, event_id, event_date, source coordinates) of every valid record of
+    the batch."""
     slow = (
         to_events(classified, t.event_type).select(
-            F.lit(t.event_type).alias("event_type"), "event_id", *_COORDS
+            F.lit(t.event_type).alias("event_type"), "event_id", "event_date", *_COORDS
         )
         for t in TABLES
     )
@@ -129,15 +132,25 @@ def _batch_keys(fast: DataFrame, classified: DataFrame) -> DataFrame:
 
 def _held(spark: SparkSession, settings: Settings, keys: DataFrame) -> DataFrame:
     """(event_type, event_id, source coordinates) of the rows the silver tables
-    already hold for the ids of `keys`: their key columns only, whole tables."""
-    tables = (
+    already hold for the ids of `keys`, looked up in the event-date partitions the
+    batch's records name (their key columns only): the cost is the batch's days, not
+    the tables' history. A resend carries its event's timestamp, so it lands in the
+    same partition; an id reused with another date is found by `lakehouse reconcile`
+    (`pipelines.silver.sweep`)."""
+    dates: dict[str, list] = {}
+    for row in keys.select("event_type", "event_date").distinct().collect():
+        dates.setdefault(row["event_type"], []).append(row["event_date"])
+    tables = [
         spark.read.format("delta").load(settings.lakehouse.table_path(LAYER, t.table))
+        .filter(F.col("event_date").isin(sorted(dates[t.event_type])))
         .select(F.lit(t.event_type).alias("event_type"), "event_id", *_COORDS)
-        for t in TABLES
-    )
-    return reduce(DataFrame.unionByName, tables).join(
-        keys.select(*_KEY), on=list(_KEY), how="left_semi"
-    )
+        for t in TABLES if t.event_type in dates
+    ]
+    held_keys = keys.select(*_KEY)
+    if not tables:  # a batch without valid records: nothing is held
+        no_coords = (F.lit(None).cast(f.dataType).alias(f.name) for f in SOURCE_COLUMNS.fields)
+        return held_keys.select(*_KEY, *no_coords).limit(0)
+    return reduce(DataFrame.unionByName, tables).join(held_keys, on=list(_KEY), how="left_semi")
 
 
 def _with_values(dups: DataFrame, fast: DataFrame) -> DataFrame:
@@ -181,7 +194,19 @@ def _append_rejected(
         dups = settled_to_join.filter("_duplicate").select(*_DUPLICATE_COLUMNS)
         rejected = rejected.unionByName(duplicate_rows(_with_values(dups, fast)))
     quarantine = settings.lakehouse.table_path(LAYER, QUARANTINE)
-    already = spark.read.format("delta").load(quarantine).select(*_QUARANTINE_KEYS)
+    # Only the batch's own offset ranges can hold a replayed record: with offset
+    # statistics, Delta skips every file of other ranges (the cost is the batch's).
+    ranges = fast.groupBy("topic", "partition").agg(
+        F.min("offset").alias("low"), F.max("offset").alias("high")
+    ).collect()
+    in_batch = reduce(operator.or_, (
+        (F.col("topic") == r["topic"]) & (F.col("partition") == r["partition"])
+        & F.col("offset").between(r["low"], r["high"])
+        for r in ranges
+    ), F.lit(False))
+    already = (
+        spark.read.format("delta").load(quarantine).filter(in_batch).select(*_QUARANTINE_KEYS)
+    )
     append_once(
         rejected.join(already, on=_QUARANTINE_KEYS, how="left_anti").select(
             *QUARANTINE_SCHEMA.fieldNames()
