@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import platform
@@ -505,6 +506,40 @@ def _held_whole_table(spark, settings, keys):  # noqa: ANN001, ANN202
         keys.select("event_type", "event_id"), on=["event_type", "event_id"], how="left_semi")
 
 
+def _refresh_sessions_whole_history(spark, conf, events) -> int:  # noqa: ANN001
+    """gold_engagement's session refresh before it was bounded: every silver action of
+    the touched pairs, whole history (kept here to measure against)."""
+    from delta.tables import DeltaTable
+    from pyspark.sql import functions as F
+
+    from pipelines.gold.engagement import PLAYBACK_SESSIONS, _silver, _written
+    from pipelines.gold.transforms import sessionize, touched_pairs
+
+    pairs = F.broadcast(touched_pairs(events))
+    actions = _silver(spark, conf).join(pairs, on=["user_id", "media_id"], how="left_semi")
+    fresh = sessionize(actions, conf.gap)
+    target = DeltaTable.forPath(spark, conf.gold[PLAYBACK_SESSIONS])
+    stale = (
+        target.toDF()
+        .join(pairs, on=["user_id", "media_id"], how="left_semi")
+        .join(fresh.select("session_id"), on="session_id", how="left_anti")
+    )
+    changes = (
+        fresh.withColumn("_delete", F.lit(False))
+        .unionByName(stale.withColumn("_delete", F.lit(True)))
+        .localCheckpoint(eager=True)
+    )
+    columns = {c: f"s.`{c}`" for c in fresh.columns}
+    return _written(
+        target.alias("t")
+        .merge(changes.alias("s"), "t.session_id = s.session_id")
+        .whenMatchedDelete(condition="s._delete")
+        .whenMatchedUpdate(set=columns)
+        .whenNotMatchedInsert(condition="NOT s._delete", values=columns)
+        .execute()
+    )
+
+
 def _versions(spark, paths: list[str]) -> dict[str, int]:  # noqa: ANN001
     from delta.tables import DeltaTable
 
@@ -521,10 +556,14 @@ def _restore(spark, versions: dict[str, int]) -> None:  # noqa: ANN001
 
 def bench_history(batch_records: int, sizes: list[int]) -> None:
     """History does not matter: one fixed batch of `batch_records` records through
-    silver with each size of history already held in silver.user_actions (built in
-    bulk over the year before the batch's day), the lookup as it is (the batch's
-    event dates) and as it was (whole tables), alternated in one JVM; the tables are
-    restored after each run so every run sees the same state."""
+    silver, then through gold, with each size of history already held (silver
+    user actions built in bulk over the year before the batch's day, gold computed
+    from them). Each layer runs as it is and as it was (silver: ids looked up in the
+    whole tables; gold: a touched pair's whole history resessionized), alternated in
+    one JVM; the tables are restored after each run so every run sees the same state."""
+    from pyspark.sql import functions as F
+
+    from pipelines.gold import engagement
     from pipelines.silver import job as silver_job
     from pipelines.silver.tables import QUARANTINE, TABLES
     from pipelines.spark import build_spark
@@ -532,40 +571,75 @@ def bench_history(batch_records: int, sizes: list[int]) -> None:
     settings = _settings("history")
     spark = build_spark(settings.spark)
     silver_job.ensure_silver(spark, settings)
-    paths = [settings.lakehouse.table_path("silver", t.table) for t in TABLES]
-    paths.append(settings.lakehouse.table_path("silver", QUARANTINE))
+    conf = engagement.EngagementConf.from_settings(settings)
+    engagement.ensure_tables(spark, conf)
+    silver_paths = [settings.lakehouse.table_path("silver", t.table) for t in TABLES]
+    silver_paths.append(settings.lakehouse.table_path("silver", QUARANTINE))
+    gold_paths = list(conf.gold.values())
     batch = _history_batch(spark, settings, batch_records)
-    bounded = silver_job._held
-    variants = {"batch_dates": bounded, "whole_table": _held_whole_table}
+    bounded_held, bounded_sessions = silver_job._held, engagement.REFRESHERS["sessions"]
+    variants = {
+        "silver_now": lambda: setattr(silver_job, "_held", bounded_held),
+        "silver_before": lambda: setattr(silver_job, "_held", _held_whole_table),
+        "gold_now": lambda: engagement.REFRESHERS.update(sessions=bounded_sessions),
+        "gold_before": lambda: engagement.REFRESHERS.update(
+            sessions=_refresh_sessions_whole_history),
+    }
 
-    def run(variant: str) -> float:
-        silver_job._held = variants[variant]
+    def timed(variant: str, work, paths: list[str]) -> float:  # noqa: ANN001
+        variants[variant]()
         before = _versions(spark, paths)
         started = time.monotonic()
-        silver_job.process_batch(batch, 0, settings, app_id=f"bench-{uuid.uuid4()}")
+        work()
         seconds = time.monotonic() - started
         _restore(spark, before)
         return round(seconds, 1)
 
+    def silver_batch() -> None:
+        silver_job.process_batch(batch, 0, settings, app_id=f"bench-{uuid.uuid4()}")
+
     results, held = [], 0
     try:
-        run("batch_dates")  # JIT warm-up, not recorded
+        timed("silver_now", silver_batch, silver_paths)  # JIT warm-up, not recorded
         for size in sorted(sizes):
             started = time.monotonic()
             _add_history(spark, settings, size - held, start=10_000_000_000 + held)
-            build_s = time.monotonic() - started
             held = size
-            row: dict[str, Any] = {"held_rows": size, "build_s": round(build_s, 1)}
-            for variant in ("batch_dates", "whole_table", "batch_dates", "whole_table"):
-                row.setdefault(f"silver_{variant}_s", []).append(run(variant))
+            row: dict[str, Any] = {"held_rows": size,
+                                   "build_silver_s": round(time.monotonic() - started, 1)}
+            for variant in ("silver_now", "silver_before") * 2:
+                row.setdefault(f"{variant}_s", []).append(timed(variant, silver_batch,
+                                                                silver_paths))
+            # Gold's state: the history's gold tables, then the batch's rows in silver.
+            started = time.monotonic()
+            history = spark.read.format("delta").load(conf.silver)
+            for table, frame in engagement.gold_frames(history, conf).items():
+                frame.write.format("delta").mode("overwrite").save(conf.gold[table])
+            row["build_gold_s"] = round(time.monotonic() - started, 1)
+            variants["silver_now"]()
+            before_batch = _versions(spark, silver_paths)
+            silver_batch()
+            events = (
+                spark.read.format("delta").load(conf.silver)
+                .filter(F.col("source_topic") != "bench.history")
+                .select(*engagement.KEY_COLUMNS).cache()
+            )
+            row["gold_batch_events"] = events.count()
+            refresh = functools.partial(engagement.refresh, spark, conf, events)
+            for variant in ("gold_now", "gold_before") * 2:
+                row.setdefault(f"{variant}_s", []).append(timed(variant, refresh, gold_paths))
+            events.unpersist()
+            _restore(spark, before_batch)  # the next size adds history to silver as it was
             results.append(row)
             print(row)
     finally:
-        silver_job._held = bounded
+        variants["silver_now"]()
+        variants["gold_now"]()
     _save("history", {
         "batch_records": batch_records,
+        "history": "silver.user_actions rows over the 365 days before the batch's day; "
+                   "gold computed from them",
         "runs": results,
-        "note": "silver only; gold's history scenario is not built yet",
     })
 
 
