@@ -11,6 +11,7 @@ from pipelines.gold.transforms import (
     annotate_plays,
     daily_active_users,
     media_engagement,
+    session_ranges,
     sessionize,
     touched_user_days,
     user_daily_engagement,
@@ -174,3 +175,27 @@ def test_touched_user_days_reach_back_one_gap(spark) -> None:
     # Plays of Nov 1 and Nov 2 may have their next action up to 30 minutes into Nov 3.
     assertDataFrameEqual(watch_read_dates(days, GAP), spark.createDataFrame(
         [(date(2026, 11, d),) for d in (1, 2, 3)], "event_date date"))
+
+
+def test_session_ranges_widen_to_held_sessions_within_the_gap(spark) -> None:
+    held = spark.createDataFrame([
+        ("u1", "m1", ts("2026-11-01 10:00:00"), ts("2026-11-01 10:20:00")),
+        ("u1", "m1", ts("2026-11-01 12:00:00"), ts("2026-11-01 12:10:00")),
+        ("u1", "m1", ts("2026-11-01 15:00:00"), ts("2026-11-01 15:05:00")),
+        ("u3", "m3", ts("2026-11-01 08:00:00"), ts("2026-11-01 08:10:00")),
+        ("u3", "m3", ts("2026-11-01 09:00:00"), ts("2026-11-01 09:20:00")),
+        ("u4", "m4", ts("2026-11-01 09:00:00"), ts("2026-11-01 09:10:00")),
+    ], "user_id string, media_id string, session_start timestamp, session_end timestamp")
+    events = actions(spark, [
+        ("e1", "u1", "m1", "play", "2026-11-01 12:35:00"),  # 25 min after the 2nd session
+        ("e2", "u2", "m2", "play", "2026-11-01 09:00:00"),  # no session held
+        ("e3", "u3", "m3", "play", "2026-11-01 08:35:00"),  # between two, near both
+        ("e4", "u4", "m4", "play", "2026-11-01 09:41:00"),  # 31 min after: a session of its own
+    ])
+    expected = spark.createDataFrame([
+        ("u1", "m1", ts("2026-11-01 12:00:00"), ts("2026-11-01 12:35:00")),
+        ("u2", "m2", ts("2026-11-01 09:00:00"), ts("2026-11-01 09:00:00")),
+        ("u3", "m3", ts("2026-11-01 08:00:00"), ts("2026-11-01 09:20:00")),
+        ("u4", "m4", ts("2026-11-01 09:41:00"), ts("2026-11-01 09:41:00")),
+    ], "user_id string, media_id string, r_start timestamp, r_end timestamp")
+    assertDataFrameEqual(session_ranges(events, held, GAP), expected)

@@ -7,9 +7,14 @@ their values are recomputed from the silver table itself and upserted, so an
 out-of-order event (which can merge or split sessions, or change the watch time of an
 earlier play) lands correctly, and replaying a batch writes the same rows again.
 
+What a batch reads is bounded by what it touches, not by history: a window, a
+user's day, a day's actives, and for sessions the time range its events can change
+(`session_ranges`), each read from silver's event-date partitions; the MERGEs name
+their keys' range as literals, so Delta skips the other files.
+
 Two queries, so that the media windows (cheap: a window is five minutes of one
-media) are not held up by sessions and user days (a pair's whole history, a user's
-whole day), which cost several times more per batch.
+media) are not held up by sessions and user days, which cost several times more per
+batch.
 
 Lateness (`gold_engagement` only): a batch's watermark is the max event time of all
 EARLIER batches (kept in ops.gold_progress, one row per batch id, so a replayed batch
@@ -34,6 +39,7 @@ from pipelines.gold.transforms import (
     annotate_plays,
     daily_active_users,
     media_engagement,
+    session_ranges,
     sessionize,
     touched_dates,
     touched_user_days,
@@ -215,34 +221,6 @@ def refresh_windows(spark: SparkSession, conf: EngagementConf, events: DataFrame
         spark, conf.gold[MEDIA_ENGAGEMENT], fresh, windows, GOLD_KEYS[MEDIA_ENGAGEMENT],
         f"t.window_start >= timestamp'{low}' AND t.window_start <= timestamp'{high}'",
     )
-
-
-def session_ranges(events: DataFrame, sessions: DataFrame, gap: str) -> DataFrame:
-    """Per (user_id, media_id) of `events`, the event-time range (`r_start`, `r_end`)
-    whose sessions the events can change: their own times, widened to every held
-    session within `gap` of them (which a new action may join, merge with another or
-    split). Outside it, the pair's sessions stay as they are: the action before the
-    range ends a session more than `gap` earlier, the one after starts one."""
-    pairs = events.groupBy("user_id", "media_id").agg(
-        F.min("event_time").alias("t0"), F.max("event_time").alias("t1")
-    )
-    near = sessions.join(F.broadcast(pairs), on=["user_id", "media_id"], how="inner").filter(
-        (F.col("session_end") >= F.col("t0") - _gap(gap))
-        & (F.col("session_start") <= F.col("t1") + _gap(gap))
-    )
-    return (
-        pairs.join(near.select("user_id", "media_id", "session_start", "session_end"),
-                   on=["user_id", "media_id"], how="left")
-        .groupBy("user_id", "media_id")
-        .agg(
-            F.least(F.min("t0"), F.min("session_start")).alias("r_start"),
-            F.greatest(F.max("t1"), F.max("session_end")).alias("r_end"),
-        )
-    )
-
-
-def _gap(gap: str) -> Column:
-    return F.expr(f"INTERVAL {gap}")
 
 
 def refresh_sessions(spark: SparkSession, conf: EngagementConf, events: DataFrame) -> int:

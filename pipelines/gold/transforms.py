@@ -103,6 +103,30 @@ def annotate_plays(actions: DataFrame, gap: str) -> DataFrame:
     )
 
 
+def session_ranges(events: DataFrame, sessions: DataFrame, gap: str) -> DataFrame:
+    """Per (user_id, media_id) of `events`, the event-time range (`r_start`, `r_end`)
+    whose sessions the events can change: their own times, widened to every held
+    session within `gap` of them (which a new action may join, merge with another or
+    split). Outside it, the pair's sessions stay as they are: the action before the
+    range ends a session more than `gap` earlier, the one after starts one."""
+    pairs = events.groupBy("user_id", "media_id").agg(
+        F.min("event_time").alias("t0"), F.max("event_time").alias("t1")
+    )
+    near = sessions.join(F.broadcast(pairs), on=["user_id", "media_id"], how="inner").filter(
+        (F.col("session_end") >= F.col("t0") - _interval(gap))
+        & (F.col("session_start") <= F.col("t1") + _interval(gap))
+    )
+    return (
+        pairs.join(near.select("user_id", "media_id", "session_start", "session_end"),
+                   on=["user_id", "media_id"], how="left")
+        .groupBy("user_id", "media_id")
+        .agg(
+            F.least(F.min("t0"), F.min("session_start")).alias("r_start"),
+            F.greatest(F.max("t1"), F.max("session_end")).alias("r_end"),
+        )
+    )
+
+
 def sessionize(actions: DataFrame, gap: str) -> DataFrame:
     """silver.user_actions rows -> gold.playback_sessions."""
     last_action = F.col("last_action")

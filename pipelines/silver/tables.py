@@ -15,11 +15,13 @@ from pyspark.sql import types as T
 
 from pipelines.io.delta import ensure_table
 from pipelines.ops.catalog import BY_NAME as CATALOG
+from pipelines.schemas.registry import ERROR_CODES as CLASSIFIER_CODES
 from pipelines.schemas.registry import spark_schema
 
 LAYER = "silver"
 QUARANTINE = "quarantine"
-ERROR_CODES = ("invalid_json", "schema_violation", "unknown_version", "oversize", "duplicate")
+# The classifier's codes, and the one the dedup adds.
+ERROR_CODES = (*CLASSIFIER_CODES, "duplicate")
 
 
 @dataclass(frozen=True)
