@@ -121,7 +121,7 @@ class DemoLake(Lake):
 
 # Small enough to take about a minute, large enough for every table (a retrain, late
 # events, quarantine of every code).
-DEMO_EVENTS = 4000
+DEMO_EVENTS = 3000
 
 
 @pytest.fixture(scope="session")
