@@ -300,9 +300,9 @@ def refresh_user_days(spark: SparkSession, conf: EngagementConf, events: DataFra
         F.broadcast(user_days), on=["event_date", "user_id"], how="left_semi"
     )
     fresh = user_daily_engagement(annotated)
-    key_days = _collect_dates(user_days.select("event_date"))
+    # The days read hold every key day: bound enough for the MERGE, no second collect.
     return _replace(spark, conf.gold[USER_DAILY], fresh, user_days, GOLD_KEYS[USER_DAILY],
-                    _in_dates(key_days))
+                    _in_dates(dates))
 
 
 def refresh_active_days(spark: SparkSession, conf: EngagementConf, events: DataFrame) -> int:

@@ -76,7 +76,7 @@ def ensure_silver(spark: SparkSession, settings: Settings) -> None:
     )
 
 
-def _same_record(a: str, b: str) -> Column:
+def same_record(a: str, b: str) -> Column:
     """Whether the Kafka coordinates (topic, partition, offset) under column prefix
     `a` equal those under prefix `b`."""
     return reduce(operator.and_, (
@@ -90,10 +90,10 @@ def _flag(ranked: DataFrame, held: DataFrame, by: tuple[str, ...]) -> DataFrame:
     `first_*` of a duplicate points at the occurrence kept (the held row if any)."""
     held = held.select(*by, *(F.col(c).alias(f"held_{c}") for c in _COORDS))
     joined = ranked.join(held, on=list(by), how="left")
-    is_first = _same_record("source_", "first_")
+    is_first = same_record("source_", "first_")
     held_any = F.col("held_source_topic").isNotNull()
     # coalesce: with no held row the comparison is NULL, and NOT NULL filters nothing in.
-    held_self = F.coalesce(_same_record("held_source_", "source_"), F.lit(False))
+    held_self = F.coalesce(same_record("held_source_", "source_"), F.lit(False))
     return joined.select(
         *ranked.columns[:-3],
         *(

@@ -20,7 +20,7 @@ from pyspark.sql import types as T
 
 from pipelines.io.delta import ensure_table, merge_insert_new
 from pipelines.settings import Settings
-from pipelines.silver.job import ensure_silver
+from pipelines.silver.job import ensure_silver, same_record
 from pipelines.silver.tables import LAYER, QUARANTINE, SOURCE_COLUMNS, TABLES
 from pipelines.silver.transforms import duplicate_rows, rank_in_batch, repeated_ids
 
@@ -48,12 +48,7 @@ def later_copies(events: DataFrame) -> DataFrame:
     except the first copy of each; `first_*` names the copy kept."""
     keys = events.select("event_id", *COORDS)
     ranked = rank_in_batch(keys, repeated_ids(keys))
-    is_first = (
-        (F.col("source_topic") == F.col("first_topic"))
-        & (F.col("source_partition") == F.col("first_partition"))
-        & (F.col("source_offset") == F.col("first_offset"))
-    )
-    return ranked.filter(~is_first)
+    return ranked.filter(~same_record("source_", "first_"))
 
 
 def _log(silver: DataFrame, later: DataFrame, event_type: str) -> DataFrame:
