@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 jars: $(JARS_STAMP)
 
-$(JARS_STAMP): $(STAMP) conf/local.yaml pipelines/jars.py pipelines/jvm.py $(shell find pipelines/silver/jvm -name "*.java")
+$(JARS_STAMP): $(STAMP) conf/base.yaml conf/local.yaml pipelines/jars.py pipelines/jvm.py $(shell find pipelines/silver/jvm -name "*.java")
 	$(PY) -m pipelines.prefetch
 	@touch $(JARS_STAMP)
 

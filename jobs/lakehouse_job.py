@@ -5,7 +5,9 @@
       --jars "$(python -m pipelines.prefetch --project-jar)" \\
       jobs/lakehouse_job.py stream --conf conf/cluster.yaml --layers bronze
 
-Any command works the same way (stream, retrain, maintain, quality, reconcile).
+conf/cluster.yaml (or your copy of it) is an overlay of conf/base.yaml; --coordinates
+reads the packages of the merged settings. Any command works the same way (stream,
+retrain, maintain, quality, reconcile).
 The `pipelines` package must be importable on the driver and the executors
 (see README, "Running on a cluster").
 """

@@ -12,7 +12,8 @@ from pipelines.spark import pyspark_jars_dir
 
 
 def main() -> None:
-    # `--coordinates CONF`: print the Spark packages of a conf file, comma-separated,
+    # `--coordinates CONF`: print the Spark packages of a conf file (merged over the files
+    # it extends, as every command reads it), comma-separated,
     # for spark-submit --packages (cluster runs fetch nothing themselves).
     if len(sys.argv) == 3 and sys.argv[1] == "--coordinates":
         print(",".join(load_settings(sys.argv[2]).spark.packages))

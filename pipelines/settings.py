@@ -1,5 +1,9 @@
 """Typed settings, parsed once at the entry point from `conf/*.yaml` plus
-`LAKEHOUSE_*` environment overrides."""
+`LAKEHOUSE_*` environment overrides.
+
+A conf file may name the file it builds on with a top-level `extends: PATH` (relative
+to the file itself): `conf/local.yaml` and `conf/cluster.yaml` extend `conf/base.yaml`,
+which holds every setting. A file without `extends` is complete on its own."""
 
 from __future__ import annotations
 
@@ -270,16 +274,51 @@ def _resolve_paths(tree: dict[str, Any], base: Path) -> None:
     tree["spark"]["log_dir"] = fix(tree["spark"]["log_dir"])
 
 
-def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
-    """Read a conf file, apply LAKEHOUSE_* overrides, validate; errors name the key."""
-    env = dict(os.environ) if env is None else env
-    conf_path = Path(path or env.get("LAKEHOUSE_CONF") or DEFAULT_CONF)
-    if not conf_path.is_file():
-        raise SettingsError(f"config file not found: {conf_path}")
+def _merge(base: dict[str, Any], overlay: dict[str, Any]) -> dict[str, Any]:
+    """`overlay` over `base`: mappings merge key by key, anything else (a scalar, a list)
+    replaces. A section left empty in the overlay (`spark:` with nothing under it)
+    changes nothing."""
+    merged = dict(base)
+    for key, value in overlay.items():
+        if isinstance(merged.get(key), dict) and (value is None or isinstance(value, dict)):
+            merged[key] = _merge(merged[key], value or {})
+        else:
+            merged[key] = value
+    return merged
+
+
+def _read_tree(conf_path: Path, seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A conf file's settings tree, over the tree of the file it `extends` (if any)."""
     try:
         tree = yaml.safe_load(conf_path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise SettingsError(f"{conf_path}: not valid YAML ({exc})") from exc
+    if not isinstance(tree, dict):
+        raise SettingsError(f"{conf_path}: expected settings sections, got a {type(tree).__name__}")
+    if "extends" not in tree:
+        return tree
+    extends = tree.pop("extends")
+    if not isinstance(extends, str) or not extends:
+        raise SettingsError(f"{conf_path}: extends: expected the path of a conf file, "
+                            f"got {extends!r}")
+    base_path = conf_path.parent / extends
+    chain = (*seen, conf_path.resolve())
+    if base_path.resolve() in chain:
+        cycle = " -> ".join(str(p) for p in (*chain, base_path.resolve()))
+        raise SettingsError(f"{conf_path}: extends: cycle {cycle}")
+    if not base_path.is_file():
+        raise SettingsError(f"{conf_path}: extends: config file not found: {base_path}")
+    return _merge(_read_tree(base_path, chain), tree)
+
+
+def load_settings(path: str | Path | None = None, env: dict[str, str] | None = None) -> Settings:
+    """Read a conf file (over the files it extends), apply LAKEHOUSE_* overrides, validate;
+    errors name the file and the key."""
+    env = dict(os.environ) if env is None else env
+    conf_path = Path(path or env.get("LAKEHOUSE_CONF") or DEFAULT_CONF)
+    if not conf_path.is_file():
+        raise SettingsError(f"config file not found: {conf_path}")
+    tree = _read_tree(conf_path)
     for key_path, value in _env_overrides(env):
         _set_path(tree, key_path, value)
     # A missing section is reported by pydantic below, with its name.

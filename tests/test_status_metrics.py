@@ -25,8 +25,8 @@ from pipelines.ops.metrics import MetricsListener, collect_metrics, write_textfi
 from pipelines.ops.status import render_status, status
 from pipelines.settings import PROJECT_ROOT, load_settings
 
-DASHBOARD = PROJECT_ROOT / "conf" / "grafana" / "lakehouse-dashboard.json"
-PROMETHEUS = PROJECT_ROOT / "conf" / "prometheus.yml"
+DASHBOARD = PROJECT_ROOT / "conf" / "monitoring" / "grafana" / "lakehouse-dashboard.json"
+PROMETHEUS = PROJECT_ROOT / "conf" / "monitoring" / "prometheus.yml"
 
 
 def _dead_port() -> int:

@@ -1,4 +1,5 @@
-"""Prometheus metrics of the lakehouse (dashboard: conf/grafana/lakehouse-dashboard.json).
+"""Prometheus metrics of the lakehouse (scraped by conf/monitoring/prometheus.yml;
+dashboard: conf/monitoring/grafana/lakehouse-dashboard.json).
 
 Two sources:
 - a `status` report (pipelines.ops.status): table sizes and versions, stream lag,
