@@ -32,6 +32,7 @@ class UserError(Exception):
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from pipelines.io.delta import TableLayoutError
     from pipelines.jars import JarFetchError
     from pipelines.jvm import JvmBuildError
     from pipelines.kafka.embedded import BrokerError
@@ -40,7 +41,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 
     return (
         UserError, SettingsError, BrokerError, JarFetchError, JvmBuildError, FileNotFoundError,
-        SuiteError,
+        SuiteError, TableLayoutError,
     )
 
 

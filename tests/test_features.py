@@ -32,7 +32,7 @@ SESSIONS_SCHEMA = T.StructType([
 ])
 MIN = 60_000
 HOUR = 60 * MIN
-# The weights the hand-computed strengths below assume (conf/local.yaml has the same).
+# The weights the hand-computed strengths below assume (conf/base.yaml has the same).
 WEIGHTS = {"play": 1.0, "complete": 2.0, "skip": 1.5, "watch_hour": 1.0, "watch_cap_hours": 2.0}
 
 

@@ -77,6 +77,8 @@ def test_catalog_lists_every_table_the_jobs_declare() -> None:
     assert len(BY_NAME) == len(TABLES)
     for table in TABLES:
         assert not set(table.zorder_by) & set(table.partition_by), table.name
+    for table, (column, _) in engagement.PARTITION_DATE.items():
+        assert BY_NAME[f"{engagement.GOLD}.{table}"].partition_by == (column,)
 
 
 def test_conflicts_are_retried_with_backoff_then_reported() -> None:

@@ -50,7 +50,13 @@ from pipelines.gold.transforms import (
 )
 from pipelines.io.concurrent import side_by_side
 from pipelines.io.conflicts import retrying_batches
-from pipelines.io.delta import ensure_table, merge_insert_new, read_delta_stream, start_with_trigger
+from pipelines.io.delta import (
+    TableLayoutError,
+    ensure_table,
+    merge_insert_new,
+    read_delta_stream,
+    start_with_trigger,
+)
 from pipelines.settings import Settings
 from pipelines.silver.tables import ensure_silver_table, silver_schema
 
@@ -69,6 +75,16 @@ GOLD_KEYS = {
     PLAYBACK_SESSIONS: ["session_id"],
     USER_DAILY: ["event_date", "user_id"],
     DAILY_ACTIVE: ["event_date"],
+}
+# Each gold table is partitioned by a date: a batch's MERGE names the dates it touches,
+# and Delta reads those partitions only, however long the history (and however the
+# files of a day were compacted or Z-ordered). The date of a window or a session is
+# its start's, which never changes for a key (a session's id names its first action).
+PARTITION_DATE = {
+    MEDIA_ENGAGEMENT: ("window_date", "window_start"),
+    PLAYBACK_SESSIONS: ("session_date", "session_start"),
+    USER_DAILY: ("event_date", "event_date"),
+    DAILY_ACTIVE: ("event_date", "event_date"),
 }
 
 PROGRESS_SCHEMA = T.StructType([
@@ -115,14 +131,32 @@ class EngagementConf:
         )
 
 
+def stored(table: str, frame: DataFrame) -> DataFrame:
+    """Rows of gold `table` as stored: the transform's columns plus the partition date
+    (`PARTITION_DATE`), when it is not one of them."""
+    column, source = PARTITION_DATE[table]
+    if column in frame.columns:
+        return frame
+    return frame.withColumn(column, F.to_date(source))
+
+
 def gold_frames(actions: DataFrame, conf: EngagementConf) -> dict[str, DataFrame]:
-    """The four gold tables computed from `actions` (silver.user_actions rows)."""
-    return {
+    """The four gold tables computed from `actions` (silver.user_actions rows), as
+    stored."""
+    frames = {
         MEDIA_ENGAGEMENT: media_engagement(actions, conf.window),
         PLAYBACK_SESSIONS: sessionize(actions, conf.gap),
         USER_DAILY: user_daily_engagement(annotate_plays(actions, conf.gap)),
         DAILY_ACTIVE: daily_active_users(actions),
     }
+    return {table: stored(table, frame) for table, frame in frames.items()}
+
+
+def _date_range(table: str, low: str, high: str) -> str:
+    """A MERGE condition on the target's partition date: between the dates of the
+    timestamp literals' text `low` and `high` (see `_time_bounds`)."""
+    column = PARTITION_DATE[table][0]
+    return f"t.`{column}` BETWEEN DATE'{low[:10]}' AND DATE'{high[:10]}'"
 
 
 def ensure_tables(spark: SparkSession, conf: EngagementConf) -> None:
@@ -131,9 +165,23 @@ def ensure_tables(spark: SparkSession, conf: EngagementConf) -> None:
     empty_silver = spark.createDataFrame([], silver_schema("user_action"))
     ensure_silver_table(spark, conf.silver, "user_action")
     for table, frame in gold_frames(empty_silver, conf).items():
-        ensure_table(spark, conf.gold[table], frame)
+        ensure_table(spark, conf.gold[table], frame, partition_by=[PARTITION_DATE[table][0]])
+        _check_partitioning(spark, conf.gold[table], PARTITION_DATE[table][0])
     ensure_table(spark, conf.progress, spark.createDataFrame([], PROGRESS_SCHEMA))
     ensure_table(spark, conf.late_events, spark.createDataFrame([], LATE_EVENTS_SCHEMA))
+
+
+def _check_partitioning(spark: SparkSession, path: str, column: str) -> None:
+    """A gold table made before gold was partitioned by date cannot be MERGEd by date:
+    say how to rebuild it rather than fail inside a batch."""
+    detail = DeltaTable.forPath(spark, path).detail().first()
+    partitions = [] if detail is None else detail["partitionColumns"]
+    if list(partitions) != [column]:
+        raise TableLayoutError(
+            f"{path}: partitioned by {list(partitions)}, this version partitions it by "
+            f"['{column}']; delete the gold folder and the gold_* checkpoints, then run "
+            "the streams again (gold is recomputed from silver)"
+        )
 
 
 # --- recompute touched keys from silver (shared with reconcile) -----------------------
@@ -215,10 +263,12 @@ def refresh_windows(spark: SparkSession, conf: EngagementConf, events: DataFrame
         )
         .drop("window_start")
     )
-    fresh = media_engagement(actions, conf.window)
+    fresh = stored(MEDIA_ENGAGEMENT, media_engagement(actions, conf.window))
     low, high = _time_bounds(windows.select(F.col("window_start").alias("t")))
+    assert low is not None and high is not None  # dates were found: windows exist
     return _replace(
         spark, conf.gold[MEDIA_ENGAGEMENT], fresh, windows, GOLD_KEYS[MEDIA_ENGAGEMENT],
+        f"{_date_range(MEDIA_ENGAGEMENT, low, high)} AND "
         f"t.window_start >= timestamp'{low}' AND t.window_start <= timestamp'{high}'",
     )
 
@@ -238,10 +288,14 @@ def refresh_sessions(spark: SparkSession, conf: EngagementConf, events: DataFram
     if low is None:
         return 0
     target = DeltaTable.forPath(spark, conf.gold[PLAYBACK_SESSIONS])
-    # Sessions near the batch: a literal window, so Delta skips the files of others.
+    # Sessions near the batch: literal bounds, so Delta skips the partitions after it
+    # and, by file statistics (a partition's files hold one day's sessions), the files
+    # of earlier days.
+    latest = F.expr(f"timestamp'{high}' + INTERVAL {conf.gap}")
     near = target.toDF().filter(
-        (F.col("session_end") >= F.expr(f"timestamp'{low}' - INTERVAL {conf.gap}"))
-        & (F.col("session_start") <= F.expr(f"timestamp'{high}' + INTERVAL {conf.gap}"))
+        (F.col("session_date") <= F.to_date(latest))
+        & (F.col("session_end") >= F.expr(f"timestamp'{low}' - INTERVAL {conf.gap}"))
+        & (F.col("session_start") <= latest)
     )
     ranges = session_ranges(events, near, conf.gap).localCheckpoint(eager=True)
     span_low, span_high = _time_bounds(ranges.select(F.explode(F.array("r_start", "r_end"))
@@ -255,7 +309,7 @@ def refresh_sessions(spark: SparkSession, conf: EngagementConf, events: DataFram
         .filter(in_range)
         .drop("r_start", "r_end")
     )
-    fresh = sessionize(actions, conf.gap)
+    fresh = stored(PLAYBACK_SESSIONS, sessionize(actions, conf.gap))
     stale = (
         near.join(F.broadcast(ranges), on=["user_id", "media_id"], how="inner")
         .filter(F.col("session_start").between(F.col("r_start"), F.col("r_end")))
@@ -270,7 +324,9 @@ def refresh_sessions(spark: SparkSession, conf: EngagementConf, events: DataFram
     )
     columns: dict[str, str | Column] = {c: f"s.`{c}`" for c in fresh.columns}
     # Every matched session starts within the ranges: a literal bound for file skipping.
+    assert span_low is not None and span_high is not None  # the events have ranges
     within = (
+        f"{_date_range(PLAYBACK_SESSIONS, span_low, span_high)} AND "
         f"t.session_start >= timestamp'{span_low}' AND t.session_start <= timestamp'{span_high}'"
     )
     return _written(

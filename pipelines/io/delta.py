@@ -15,6 +15,10 @@ if TYPE_CHECKING:
 _POOL = "spark.scheduler.pool"
 
 
+class TableLayoutError(RuntimeError):
+    """A table on disk is laid out differently from what this version writes."""
+
+
 def table_exists(spark: SparkSession, path: str) -> bool:
     return DeltaTable.isDeltaTable(spark, path)
 

@@ -56,10 +56,11 @@ TABLES: tuple[CatalogTable, ...] = (
                  ("event_time", "service", "host")),
     CatalogTable("silver", "quarantine", (), ("topic", "error_code"),
                  ("topic", "error_code", "partition", "offset")),
-    CatalogTable("gold", "media_engagement", (), ("media_id", "window_start")),
-    CatalogTable("gold", "playback_sessions", (), ("user_id", "media_id")),
-    CatalogTable("gold", "user_daily_engagement", (), ("event_date", "user_id")),
-    CatalogTable("gold", "daily_active_users"),
+    # Gold is partitioned by date (pipelines.gold.engagement.PARTITION_DATE).
+    CatalogTable("gold", "media_engagement", ("window_date",), ("media_id", "window_start")),
+    CatalogTable("gold", "playback_sessions", ("session_date",), ("user_id", "media_id")),
+    CatalogTable("gold", "user_daily_engagement", ("event_date",), ("user_id",)),
+    CatalogTable("gold", "daily_active_users", ("event_date",)),
     CatalogTable("gold", "notifications", (), ("user_id",)),
     # Serving looks recommendations up by user.
     CatalogTable("features", "user_recommendations", (), ("user_id",)),
