@@ -140,28 +140,22 @@ def _drains(spark, settings, layer: str, times: int) -> list[float]:  # noqa: AN
 
 
 def _in_topics(settings) -> int:  # noqa: ANN001
-    """Records the source topics hold (end offsets: the bench topics are never trimmed)."""
-    from pipelines.ops.status import kafka_offsets
-
-    offsets, reason = kafka_offsets(
-        settings.kafka.bootstrap, settings.kafka.source_topics, settings.kafka.admin_timeout_s
-    )
-    if offsets is None:
-        raise RuntimeError(f"cannot read the bench topics' offsets: {reason}")
-    return sum(end for parts in offsets.values() for _, end in parts.values())
+    """Records the source topics hold."""
+    return sum(_per_topic(settings).values())
 
 
-def bench_ingest(
-    records: int, reuse: bool = False, side_records: int | None = None, tag: str = "ingest",
-    drains: int = 2,
-) -> None:
-    """Bronze ingest rate for `records` simulated records (~200-300 bytes), silver's
-    rate alone (each `drains` times from scratch in one JVM), then both layers side by
-    side on a second load of half the size. With `reuse`, the first load is whatever
-    an earlier run left in the bench topics."""
-    from pipelines.kafka.embedded import ensure_topics, rss_mb, status
+def bench_ingest(records: int, reuse: bool = False, tag: str = "ingest", drains: int = 2) -> None:
+    """Side by side on the same `records` simulated records (~200-300 bytes each):
+    Kafka's own ConsumerPerformance (the limit), the plain-Python peer (kafka-python +
+    deltalake), each layer of the project alone (each drained `drains` times from
+    scratch in one JVM: the first pays the JIT, the later show the steady rate), and
+    all layers live in one driver from an empty lakehouse. With `reuse`, the records
+    are whatever an earlier run left in the bench topics."""
+    from pipelines.kafka.embedded import _classpath, ensure_topics, rss_mb, status
     from pipelines.simulate.producer import simulate
     from pipelines.spark import build_spark
+
+    from .peer import consumer_performance, python_peer
 
     settings = _settings(tag, {"LAKEHOUSE_STREAMING__MAX_OFFSETS_PER_TRIGGER": "250000"})
     ensure_topics(settings.kafka)
@@ -170,71 +164,130 @@ def bench_ingest(
         records = _in_topics(settings)
     else:
         manifest = simulate(settings, records, seed=5, progress=False)
-    avg_bytes = _avg_value_bytes(settings)
+    topics = settings.kafka.source_topics
+    # Outside Spark first, each alone on the machine.
+    raw = consumer_performance(_classpath(settings.kafka.embedded), settings.kafka.bootstrap,
+                               _per_topic(settings))
+    peer_path = str(TMP / tag / "peer" / "events")
+    shutil.rmtree(peer_path, ignore_errors=True)
+    peer = python_peer(settings.kafka.bootstrap, topics, peer_path)
+    if peer["records"] != records:
+        raise RuntimeError(f"the peer copied {peer['records']} of {records} records")
+
     started = time.monotonic()
     spark = build_spark(settings.spark)
     startup = time.monotonic() - started
-    bronze_runs = _drains(spark, settings, "bronze", drains)
-    silver_runs = _drains(spark, settings, "silver", drains)
-    bronze_s, silver_s = bronze_runs[0], silver_runs[0]
-    silver_warm_s = silver_runs[1]
-    alone = {
+    layer_runs = {layer: _drains(spark, settings, layer, drains)
+                  for layer in ("bronze", "silver", "gold")}
+    live_s = _drain_all_live(spark, _settings(tag, {
+        "LAKEHOUSE_ROOT": str(TMP / f"{tag}-live" / "lake"),
+        "LAKEHOUSE_STREAMING__MAX_OFFSETS_PER_TRIGGER": "250000",
+    }), records)
+
+    def rate(seconds: float) -> int:
+        return round(records / seconds)
+
+    warm = {layer: min(runs[1:]) for layer, runs in layer_runs.items()}
+    broker_pid = status(settings.kafka)["pid"]
+    _save("ingest", {
         "topics": f"bench.{tag}.*",
         "records": records,
-        "avg_value_bytes": avg_bytes,
-        "spark_startup_s": round(startup, 1),
-        "bronze_seconds": round(bronze_s, 1),
-        "bronze_records_per_s": round(records / bronze_s),
-        "silver_alone_seconds": round(silver_s, 1),
-        "silver_alone_records_per_s": round(records / silver_s),
-        "silver_alone_warm_seconds": round(silver_warm_s, 1),
-        "silver_alone_warm_records_per_s": round(records / silver_warm_s),
-        "drains_seconds": {"bronze": [round(x, 1) for x in bronze_runs],
-                           "silver": [round(x, 1) for x in silver_runs]},
-        "drains_records_per_s": {"bronze": [round(records / x) for x in bronze_runs],
-                                 "silver": [round(records / x) for x in silver_runs]},
+        "avg_value_bytes": _avg_value_bytes(settings),
         "manifest_expected": manifest["expected"],
-    }
-    broker_pid = status(settings.kafka)["pid"]
-    alone["peak_rss_mb"] = {
-        "kafka_broker": round(rss_mb(broker_pid)) if broker_pid else None,
-        "spark_driver_jvm": _spark_peak_mb(broker_pid),
-    }
-    name = "ingest"  # one file per scenario; the topics' tag is recorded inside
-    alone["topics_tag"] = tag
-    _save(name, alone)  # kept even if the side-by-side part fails
-
-    # Side by side: a second load, bronze and silver running concurrently.
-    # A new seed per run: with `reuse`, the same seed again would be all duplicates.
-    side_seed = 6 + records
-    more = simulate(settings, side_records or records // 2, seed=side_seed, progress=False)
-    both_s = _drain_concurrently(spark, settings)
-    total = records + more["total"]
-    _save(name, {
-        **alone,
-        "side_by_side_records": more["total"],
-        "side_by_side_seed": side_seed,
-        "side_by_side_seconds": round(both_s, 1),
-        "side_by_side_records_per_s": round(more["total"] / both_s),
-        "total_records": total,
+        "kafka_consumer_performance": raw,
+        "python_peer": peer,
+        "spark_startup_s": round(startup, 1),
+        # Each layer alone, over what the layer below holds (gold: every silver table).
+        "layers_alone_seconds": {k: [round(x, 1) for x in v] for k, v in layer_runs.items()},
+        "layers_alone_warm_records_per_s": {k: rate(v) for k, v in warm.items()},
+        "all_layers_live_seconds": round(live_s, 1),
+        "all_layers_live_records_per_s": rate(live_s),
+        "ratios": {
+            "bronze_vs_peer": round(rate(warm["bronze"]) / peer["records_per_s"], 2),
+            "bronze_vs_raw": round(rate(warm["bronze"]) / raw["records_per_s"], 3),
+            "all_layers_live_vs_raw": round(rate(live_s) / raw["records_per_s"], 3),
+        },
         "peak_rss_mb": {
-            "kafka_broker": round(rss_mb(broker_pid), 0) if broker_pid else None,
+            "kafka_broker": round(rss_mb(broker_pid)) if broker_pid else None,
             "spark_driver_jvm": _spark_peak_mb(broker_pid),
         },
     })
 
 
+def _per_topic(settings) -> dict[str, int]:  # noqa: ANN001
+    """Records each source topic holds (end offsets: bench topics are never trimmed)."""
+    from pipelines.ops.status import kafka_offsets
+
+    offsets, reason = kafka_offsets(
+        settings.kafka.bootstrap, settings.kafka.source_topics, settings.kafka.admin_timeout_s
+    )
+    if offsets is None:
+        raise RuntimeError(f"cannot read the bench topics' offsets: {reason}")
+    return {topic: sum(end for _, end in parts.values()) for topic, parts in offsets.items()}
+
+
+def _drain_all_live(spark, settings, records: int) -> float:  # noqa: ANN001
+    """Every query of every layer live in this driver (processing-time triggers) from
+    an empty lakehouse; done when each query has taken in every row of its source:
+    bronze and silver the `records`, each gold query the rows of the silver table it
+    reads. Rows per query are summed over its progress reports, by batch id."""
+    from deltalake import DeltaTable
+
+    from pipelines.ops.catalog import STREAMS
+    from pipelines.runner import start_layers
+
+    shutil.rmtree(settings.lakehouse.root, ignore_errors=True)
+    sources = {s.query: s.source for s in STREAMS}
+    taken: dict[str, dict[int, int]] = {}
+
+    def wanted(query: str) -> int:
+        source = sources[query]
+        if source in ("kafka", "bronze.events"):
+            return records
+        layer, table = source.split(".")
+        return DeltaTable(settings.lakehouse.table_path(layer, table)).to_pyarrow_table(
+            columns=[]).num_rows
+
+    started = time.monotonic()
+    queries = start_layers(spark, settings, ["bronze", "silver", "gold"])
+    try:
+        while True:
+            for q in queries:
+                if q.exception():
+                    raise RuntimeError(f"{q.name}: {q.exception()}")
+                for p in q.recentProgress:
+                    taken.setdefault(q.name, {})[p["batchId"]] = p["numInputRows"]
+            done = {q.name: sum(taken.get(q.name, {}).values()) for q in queries}
+            upstream = ("bronze_events", "silver_events")
+            if all(done[n] >= records for n in upstream) and all(
+                done[q.name] >= wanted(q.name) for q in queries if q.name not in upstream
+            ):
+                return time.monotonic() - started
+            time.sleep(1)
+    finally:
+        for q in queries:
+            q.stop()
+
+
+# The ops tables the gold queries keep (their watermark, late events, health state).
+_GOLD_OPS = ("late_events", "gold_progress", "host_status", "service_health_minute",
+             "health_alerts")
+# What a layer's queries read.
+_READS = {"bronze": "kafka", "silver": "bronze.", "gold": "silver."}
+
+
 def _forget(settings, layer: str) -> None:  # noqa: ANN001
-    """Remove a layer's tables and its streaming queries' checkpoints, as the catalog
-    lists them (the topics, and the layers below, stay)."""
+    """Remove a layer's tables (gold: with the ops tables its queries keep) and its
+    queries' checkpoints, as the catalog lists them (the topics, and the layers
+    below, stay)."""
     from pipelines.ops.catalog import STREAMS, TABLES
 
     for table in TABLES:
-        if table.layer == layer:
-            shutil.rmtree(table.path(settings))
+        if table.layer == layer or (layer == "gold" and table.table in _GOLD_OPS):
+            shutil.rmtree(table.path(settings), ignore_errors=True)
     for stream in STREAMS:
-        if stream.target.startswith(f"{layer}."):
-            shutil.rmtree(settings.lakehouse.checkpoint(stream.query))
+        if stream.source.startswith(_READS[layer]):
+            shutil.rmtree(settings.lakehouse.checkpoint(stream.query), ignore_errors=True)
 
 
 def _avg_value_bytes(settings) -> float:  # noqa: ANN001
@@ -251,41 +304,6 @@ def _avg_value_bytes(settings) -> float:  # noqa: ANN001
             break
     consumer.close()
     return round(sum(sizes) / max(len(sizes), 1), 1)
-
-
-def _drain_concurrently(spark, settings) -> float:  # noqa: ANN001
-    """Bronze and silver as two live queries; done when silver holds every record."""
-    import pyarrow as pa
-    import pyarrow.compute as pc
-    from deltalake import DeltaTable
-
-    from pipelines import bronze
-    from pipelines.silver import job as silver_job
-    from pipelines.silver.tables import QUARANTINE, TABLES
-
-    target = _in_topics(settings)
-
-    def silver_total() -> int:
-        n = 0
-        for name in [t.table for t in TABLES] + [QUARANTINE]:
-            path = settings.lakehouse.table_path("silver", name)
-            if Path(path, "_delta_log").exists():
-                actions = pa.table(DeltaTable(path).get_add_actions(flatten=True))
-                n += pc.sum(actions["num_records"]).as_py() or 0
-        return n
-
-    started = time.monotonic()
-    queries = bronze.start(spark, settings, False) + silver_job.start(spark, settings, False)
-    try:
-        while silver_total() < target:
-            for q in queries:
-                if q.exception():
-                    raise RuntimeError(str(q.exception()))
-            time.sleep(1)
-    finally:
-        for q in queries:
-            q.stop()
-    return time.monotonic() - started
 
 
 def bench_freshness(seconds: int, rate: int, pipeline_nice: int = 0, warmup: int = 0) -> None:
@@ -657,8 +675,6 @@ def main() -> None:
                         help="freshness: seconds of load before the first probe")
     parser.add_argument("--pipeline-nice", type=int, default=0,
                         help="freshness: run Spark at this nice value, the load generator at 0")
-    parser.add_argument("--side-records", type=int, default=None,
-                        help="records of the side-by-side load (default: half the first)")
     parser.add_argument("--ingest-tag", default="ingest",
                         help="ingest: bench topics bench.<tag>.* (a new tag: empty topics)")
     parser.add_argument("--drains", type=int, default=2,
@@ -678,8 +694,7 @@ def main() -> None:
     if "simulate" in chosen:
         bench_simulate(args.records)
     if "ingest" in chosen:
-        bench_ingest(args.records, reuse=args.reuse, side_records=args.side_records,
-                     tag=args.ingest_tag, drains=args.drains)
+        bench_ingest(args.records, reuse=args.reuse, tag=args.ingest_tag, drains=args.drains)
     if "history" in chosen:
         bench_history(args.history_batch, [int(n) for n in args.history_sizes.split(",")])
     if "freshness" in chosen:

@@ -89,6 +89,15 @@ def _await(
             raise RuntimeError(f"stream {q.name} failed: {q.exception()}")
 
 
+def start_layers(
+    spark: SparkSession, settings: Settings, layers: list[str]
+) -> list[StreamingQuery]:
+    """Start every query of `layers` on the processing-time trigger, side by side in
+    this driver, and return them (running)."""
+    starters = [start for layer in layers for _, start in _starters(layer)]
+    return [q for start in starters for q in start(spark, settings, False)]
+
+
 def run_layers(
     spark: SparkSession,
     settings: Settings,
@@ -109,6 +118,4 @@ def run_layers(
                     _await(start(spark, settings, True), report, every_s, stop.requested)
                 report(f"{layer}: caught up in {time.monotonic() - started:.1f}s")
             return
-        starters = [start for layer in layers for _, start in _starters(layer)]
-        queries = [q for start in starters for q in start(spark, settings, False)]
-        _await(queries, report, every_s, stop.requested)
+        _await(start_layers(spark, settings, layers), report, every_s, stop.requested)

@@ -199,6 +199,7 @@ class MaintenanceSettings(_Strict):
     zorder_min_mb: int = Field(ge=0)
     conflict_retries: int = Field(ge=0)
     conflict_backoff_s: float = Field(ge=0)
+    parallel_tables: int = Field(ge=1)
 
 
 class MetricsSettings(_Strict):

@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Callable, Collection, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import partial
@@ -42,6 +43,7 @@ from rich.progress import (
     MofNCompleteColumn,
     Progress,
     SpinnerColumn,
+    TaskID,
     TextColumn,
     TimeElapsedColumn,
 )
@@ -168,8 +170,8 @@ def _vacuumed_files(dt: DeltaTable, since_version: int) -> int | None:
     return None
 
 
-def vacuum_table(spark: SparkSession, path: str, retention_hours: int) -> dict[str, Any]:
-    """VACUUM one table with `retention_hours`; returns the maintenance_log fields."""
+def _vacuum_confs(spark: SparkSession, retention_hours: int) -> tuple[dict[str, str], str | None]:
+    """The SQL confs a VACUUM with `retention_hours` runs with, and the note to log."""
     confs = {_LISTING_PARALLELISM: str(max(2, 4 * spark.sparkContext.defaultParallelism))}
     note = None
     if retention_hours < DELTA_SAFE_RETENTION_HOURS:
@@ -178,6 +180,12 @@ def vacuum_table(spark: SparkSession, path: str, retention_hours: int) -> dict[s
             f"retention {retention_hours}h is below Delta's {DELTA_SAFE_RETENTION_HOURS}h "
             "safety check: check disabled for this call (maintenance.vacuum_retention_hours)"
         )
+    return confs, note
+
+
+def vacuum_table(spark: SparkSession, path: str, retention_hours: int) -> dict[str, Any]:
+    """VACUUM one table with `retention_hours`; returns the maintenance_log fields."""
+    confs, note = _vacuum_confs(spark, retention_hours)
     dt = DeltaTable.forPath(spark, path)
     version = int(latest_commit(dt)["version"])
     bytes_before = storage_bytes(spark, path)
@@ -259,33 +267,46 @@ def maintain(
     run_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
     tables = [t for t in existing_tables(spark, settings) if only is None or t.name in only]
     retention = settings.maintenance.vacuum_retention_hours
-    max_file = {_MAX_FILE_SIZE: str(settings.maintenance.target_file_mb * 1024 * 1024)}
+    # Set once for the whole run: the tables below run in threads of one session, and
+    # each action's own `session_conf` then sets and restores these same values.
+    confs = {_MAX_FILE_SIZE: str(settings.maintenance.target_file_mb * 1024 * 1024)}
+    if vacuum:
+        confs.update(_vacuum_confs(spark, retention)[0])
     rows: list[dict[str, Any]] = []
     columns = (SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
                MofNCompleteColumn(), TimeElapsedColumn())
+
+    def maintain_one(table: CatalogTable, bar: Progress, task: TaskID) -> list[dict[str, Any]]:
+        """OPTIMIZE, then VACUUM, one table: in this order, since the VACUUM removes
+        the files the OPTIMIZE replaced (once they are older than the retention)."""
+        path = table.path(settings)
+        done = [_run_action(
+            table.name, OPTIMIZE, partial(optimize_table, spark, table, path, zorder_min_bytes),
+            retries, backoff_s,
+        )]
+        bar.advance(task)
+        if vacuum:
+            done.append(_run_action(
+                table.name, VACUUM, partial(vacuum_table, spark, path, retention),
+                retries, backoff_s,
+            ))
+            bar.advance(task)
+        return done
+
     # The log is written once, at the end (or on the way out of an interrupted run):
     # a MERGE per table would cost a few seconds each for no gain, since every OPTIMIZE
     # and VACUUM is also in its table's Delta history.
     try:
-        with Progress(*columns, console=Console(stderr=True), disable=not progress) as bar:
-            task = bar.add_task("maintain", total=len(tables) * (2 if vacuum else 1))
-            for table in tables:
-                path = table.path(settings)
-                bar.update(task, description=f"optimize {table.name}")
-                with session_conf(spark, max_file):
-                    rows.append(_run_action(
-                        table.name, OPTIMIZE,
-                        partial(optimize_table, spark, table, path, zorder_min_bytes),
-                        retries, backoff_s,
-                    ))
-                bar.advance(task)
-                if vacuum:
-                    bar.update(task, description=f"vacuum {table.name}")
-                    rows.append(_run_action(
-                        table.name, VACUUM, partial(vacuum_table, spark, path, retention),
-                        retries, backoff_s,
-                    ))
-                    bar.advance(task)
+        with (
+            session_conf(spark, confs),
+            Progress(*columns, console=Console(stderr=True), disable=not progress) as bar,
+            ThreadPoolExecutor(conf.parallel_tables, thread_name_prefix="maintain") as pool,
+        ):
+            task = bar.add_task(f"maintain {len(tables)} tables",
+                                total=len(tables) * (2 if vacuum else 1))
+            # In catalog order, whatever finishes first.
+            for done in pool.map(lambda t: maintain_one(t, bar, task), tables):
+                rows.extend(done)
     finally:
         for row in rows:
             row["run_id"] = run_id
