@@ -530,12 +530,12 @@ def _refresh_sessions_whole_history(spark, conf, events) -> int:  # noqa: ANN001
     from delta.tables import DeltaTable
     from pyspark.sql import functions as F
 
-    from pipelines.gold.engagement import PLAYBACK_SESSIONS, _silver, _written
+    from pipelines.gold.engagement import PLAYBACK_SESSIONS, _silver, _written, stored
     from pipelines.gold.transforms import sessionize, touched_pairs
 
     pairs = F.broadcast(touched_pairs(events))
     actions = _silver(spark, conf).join(pairs, on=["user_id", "media_id"], how="left_semi")
-    fresh = sessionize(actions, conf.gap)
+    fresh = stored(PLAYBACK_SESSIONS, sessionize(actions, conf.gap))
     target = DeltaTable.forPath(spark, conf.gold[PLAYBACK_SESSIONS])
     stale = (
         target.toDF()
