@@ -32,6 +32,7 @@ from pathlib import Path
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from pipelines import catalog
 from pipelines.features import retrain
 from pipelines.settings import load_settings
 from pipelines.silver.tables import silver_schema
@@ -184,14 +185,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         t0 = time.monotonic()
         sessions = synthetic_sessions(spark, args.sessions, args.users, args.media, args.days)
-        sessions.write.format("delta").save(
-            settings.lakehouse.table_path("gold", "playback_sessions")
-        )
-        sessions = spark.read.format("delta").load(
-            settings.lakehouse.table_path("gold", "playback_sessions")
-        )
-        actions_of(sessions).write.format("delta").partitionBy("event_date").save(
-            settings.lakehouse.table_path("silver", "user_actions")
+        sessions.write.format("delta").save(catalog.GOLD_PLAYBACK_SESSIONS.path(settings))
+        sessions = spark.read.format("delta").load(catalog.GOLD_PLAYBACK_SESSIONS.path(settings))
+        actions = catalog.SILVER_USER_ACTIONS
+        actions_of(sessions).write.format("delta").partitionBy(*actions.partition_by).save(
+            actions.path(settings)
         )
         build_s = time.monotonic() - t0
         mem_before = driver_jvm_memory()
@@ -203,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
         runtime = spark.sparkContext._jvm.java.lang.Runtime.getRuntime()
         heap = {"max_mb": runtime.maxMemory() // 2**20, "total_mb": runtime.totalMemory() // 2**20}
         n_actions = spark.read.format("delta").load(
-            settings.lakehouse.table_path("silver", "user_actions")
+            catalog.SILVER_USER_ACTIONS.path(settings)
         ).count()
     finally:
         spark.stop()

@@ -233,19 +233,18 @@ def _drain_all_live(spark, settings, records: int) -> float:  # noqa: ANN001
     reads. Rows per query are summed over its progress reports, by batch id."""
     from deltalake import DeltaTable
 
-    from pipelines.ops.catalog import STREAMS
+    from pipelines import catalog
     from pipelines.runner import start_layers
 
     shutil.rmtree(settings.lakehouse.root, ignore_errors=True)
-    sources = {s.query: s.source for s in STREAMS}
+    sources = {s.query: s.source for s in catalog.STREAMS}
     taken: dict[str, dict[int, int]] = {}
 
     def wanted(query: str) -> int:
         source = sources[query]
         if source in ("kafka", "bronze.events"):
             return records
-        layer, table = source.split(".")
-        return DeltaTable(settings.lakehouse.table_path(layer, table)).to_pyarrow_table(
+        return DeltaTable(catalog.table(source).path(settings)).to_pyarrow_table(
             columns=[]).num_rows
 
     started = time.monotonic()
@@ -280,7 +279,7 @@ def _forget(settings, layer: str) -> None:  # noqa: ANN001
     """Remove a layer's tables (gold: with the ops tables its queries keep) and its
     queries' checkpoints, as the catalog lists them (the topics, and the layers
     below, stay)."""
-    from pipelines.ops.catalog import STREAMS, TABLES
+    from pipelines.catalog import STREAMS, TABLES
 
     for table in TABLES:
         if table.layer == layer or (layer == "gold" and table.table in _GOLD_OPS):
@@ -319,7 +318,7 @@ def bench_freshness(seconds: int, rate: int, pipeline_nice: int = 0, warmup: int
     from deltalake import DeltaTable
     from kafka import KafkaProducer
 
-    from pipelines import bronze
+    from pipelines import bronze, catalog
     from pipelines.gold import engagement
     from pipelines.kafka.embedded import ensure_topics
     from pipelines.silver import job as silver_job
@@ -361,7 +360,7 @@ def bench_freshness(seconds: int, rate: int, pipeline_nice: int = 0, warmup: int
     sent: dict[str, float] = {}
     seen: dict[str, float] = {}
     stop = threading.Event()
-    gold = settings.lakehouse.table_path("gold", "media_engagement")
+    gold = catalog.GOLD_MEDIA_ENGAGEMENT.path(settings)
 
     def poll() -> None:
         while not stop.is_set():
@@ -473,6 +472,7 @@ def _add_history(spark, settings, rows: int, start: int) -> None:  # noqa: ANN00
     (users and media of the simulator's id space; offsets from `start`)."""
     from pyspark.sql import functions as F
 
+    from pipelines import catalog
     from pipelines.silver.tables import silver_schema
 
     seconds = 365 * 86_400
@@ -499,9 +499,10 @@ def _add_history(spark, settings, rows: int, start: int) -> None:  # noqa: ANN00
         .withColumn("event_date", F.to_date("event_time"))
     )
     schema = silver_schema("user_action")
+    actions_table = catalog.SILVER_USER_ACTIONS
     frame.select(*(F.col(f.name).cast(f.dataType) for f in schema.fields)).write.format(
-        "delta").mode("append").partitionBy("event_date").save(
-        settings.lakehouse.table_path("silver", "user_actions"))
+        "delta").mode("append").partitionBy(*actions_table.partition_by).save(
+        actions_table.path(settings))
 
 
 def _held_whole_table(spark, settings, keys):  # noqa: ANN001, ANN202
@@ -516,7 +517,7 @@ def _held_whole_table(spark, settings, keys):  # noqa: ANN001, ANN202
 
     coords = ["source_topic", "source_partition", "source_offset"]
     tables = (
-        spark.read.format("delta").load(settings.lakehouse.table_path("silver", t.table))
+        spark.read.format("delta").load(t.entry.path(settings))
         .select(F.lit(t.event_type).alias("event_type"), "event_id", *coords)
         for t in TABLES
     )
@@ -591,8 +592,8 @@ def bench_history(batch_records: int, sizes: list[int]) -> None:
     silver_job.ensure_silver(spark, settings)
     conf = engagement.EngagementConf.from_settings(settings)
     engagement.ensure_tables(spark, conf)
-    silver_paths = [settings.lakehouse.table_path("silver", t.table) for t in TABLES]
-    silver_paths.append(settings.lakehouse.table_path("silver", QUARANTINE))
+    silver_paths = [t.entry.path(settings) for t in TABLES]
+    silver_paths.append(QUARANTINE.path(settings))
     gold_paths = list(conf.gold.values())
     batch = _history_batch(spark, settings, batch_records)
     bounded_held, bounded_sessions = silver_job._held, engagement.REFRESHERS["sessions"]

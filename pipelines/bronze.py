@@ -7,11 +7,12 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
+from pipelines import catalog
 from pipelines.io.delta import delta_append_stream, ensure_table, start_with_trigger
 from pipelines.io.kafka_source import read_kafka_stream, require_topics
 from pipelines.settings import Settings
 
-LAYER, TABLE = "bronze", "events"
+TABLE = catalog.BRONZE_EVENTS
 QUERY_NAME = "bronze_events"
 
 
@@ -41,9 +42,7 @@ def ensure_bronze(spark: SparkSession, settings: Settings) -> None:
     """Create an empty bronze.events if none exists, so that silver can start its
     stream beside bronze before bronze's first commit."""
     empty = spark.createDataFrame([], KAFKA_SOURCE_SCHEMA).transform(to_bronze)
-    ensure_table(
-        spark, settings.lakehouse.table_path(LAYER, TABLE), empty, partition_by=["ingest_date"]
-    )
+    ensure_table(spark, TABLE.path(settings), empty, TABLE)
 
 
 def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[StreamingQuery]:
@@ -56,8 +55,8 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
     )
     writer = delta_append_stream(
         records.transform(to_bronze),
-        settings.lakehouse.table_path(LAYER, TABLE),
+        TABLE.path(settings),
         settings.lakehouse.checkpoint(QUERY_NAME),
-        partition_by=["ingest_date"],
+        partition_by=TABLE.partition_by,
     ).queryName(QUERY_NAME)
     return [start_with_trigger(writer, available_now, settings.streaming.trigger, QUERY_NAME)]

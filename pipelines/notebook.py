@@ -18,6 +18,7 @@ import pyarrow.compute as pc
 from deltalake import DeltaTable
 from deltalake.exceptions import TableNotFoundError
 
+from pipelines import catalog
 from pipelines.settings import Settings, load_settings
 
 
@@ -34,7 +35,7 @@ def read_table(layer: str, table: str, columns: list[str] | None = None) -> pd.D
     """The current version of `layer.table` as a pandas frame (only `columns`, when
     given). A table that does not exist reads as an empty frame; `has_rows` tells the
     reader which of the two it was (`frame.attrs` keeps the table's name and state)."""
-    path = settings().lakehouse.table_path(layer, table)
+    path = catalog.table(f"{layer}.{table}").path(settings())
     try:
         frame = DeltaTable(path).to_pandas(columns=columns)
         missing = False
@@ -89,15 +90,14 @@ def as_text(value: bytes | str | None, limit: int = 120) -> str:
 LAYER_ORDER = ("bronze", "silver", "gold", "features", "ops")
 
 
-def table_paths() -> list[tuple[str, str]]:
-    """(layer, table) of every Delta table under a local lakehouse root, layer by layer
-    in the order data flows; `_checkpoints` and the like are not tables. Empty for a
-    remote root."""
+def _local_tables() -> dict[tuple[str, str], Path]:
+    """`table_paths`, each with its folder: found on disk, so a table the catalog does
+    not know is listed too."""
     base = Path(root())
     if not base.is_dir():
-        return []
+        return {}
     found = {
-        (log.parent.parent.name, log.parent.name)
+        (log.parent.parent.name, log.parent.name): log.parent
         for log in base.glob("*/*/_delta_log")
         if not log.parent.parent.name.startswith("_")
     }
@@ -107,7 +107,14 @@ def table_paths() -> list[tuple[str, str]]:
         rank = LAYER_ORDER.index(layer) if layer in LAYER_ORDER else len(LAYER_ORDER)
         return rank, layer, table
 
-    return sorted(found, key=flow)
+    return {name: found[name] for name in sorted(found, key=flow)}
+
+
+def table_paths() -> list[tuple[str, str]]:
+    """(layer, table) of every Delta table under a local lakehouse root, layer by layer
+    in the order data flows; `_checkpoints` and the like are not tables. Empty for a
+    remote root."""
+    return list(_local_tables())
 
 
 def table_summary() -> pd.DataFrame:
@@ -116,10 +123,9 @@ def table_summary() -> pd.DataFrame:
 
     pipelines.ops.readers.LogReader reads the same facts, but its module imports
     pyspark, which a notebook must not."""
-    lake = settings().lakehouse
     rows = []
-    for layer, table in table_paths():
-        dt = DeltaTable(lake.table_path(layer, table))
+    for (layer, table), path in _local_tables().items():
+        dt = DeltaTable(str(path))
         files = pa.table(dt.get_add_actions())
         last = dt.history(1)[0]
         rows.append({

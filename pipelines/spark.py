@@ -16,7 +16,7 @@ from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
 from pipelines import jars, jvm
-from pipelines.ops.catalog import STREAMS
+from pipelines.catalog import STREAMS
 from pipelines.settings import PoolSettings, SparkSettings
 
 

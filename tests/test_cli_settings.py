@@ -218,7 +218,7 @@ def test_fair_pools_become_an_allocation_file() -> None:
 
 def test_configured_pools_name_real_queries() -> None:
     # A pool is matched by the query's name: a misspelt one would be a pool nothing runs in.
-    from pipelines.ops.catalog import STREAMS
+    from pipelines.catalog import STREAMS
     from pipelines.settings import DEFAULT_CONF
 
     for conf in (DEFAULT_CONF, DEFAULT_CONF.with_name("cluster.yaml")):

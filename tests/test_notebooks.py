@@ -97,7 +97,7 @@ def test_there_are_notebooks() -> None:
 def test_notebook_is_committed_clean(path: Path) -> None:
     """Valid, without outputs (the repo stays small and diffs stay readable), and
     reading only tables the catalog knows."""
-    from pipelines.ops.catalog import TABLES
+    from pipelines.catalog import TABLES
 
     notebook = nbformat.read(path, as_version=4)
     nbformat.validate(notebook)

@@ -16,7 +16,7 @@ import pytest
 from deltalake import DeltaTable, write_deltalake
 from prometheus_client.parser import text_string_to_metric_families
 
-from pipelines.ops.catalog import BY_NAME, STREAMS
+from pipelines.catalog import BY_NAME, STREAMS
 from pipelines.ops.readers import LogReader
 from pipelines.ops.status import collect_status, stream_status
 from pipelines.settings import Settings, load_settings

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 
 from pipelines import bronze
-from pipelines.ops.catalog import BY_NAME
+from pipelines.catalog import BY_NAME
 from pipelines.ops.metrics import MetricsListener, collect_metrics, write_textfile
 from pipelines.ops.status import render_status, status
 from pipelines.settings import PROJECT_ROOT, load_settings

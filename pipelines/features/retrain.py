@@ -32,6 +32,7 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from pipelines import catalog
 from pipelines.features import interactions as ix
 from pipelines.features.evaluate import EVAL_K, ranking_metrics, relevant_items, split_sessions
 from pipelines.features.model import AlsParams, fit, param_grid, top_scores
@@ -40,9 +41,12 @@ from pipelines.settings import Settings
 
 log = logging.getLogger(__name__)
 
-LAYER = "features"
-RECOMMENDATIONS, POPULARITY, RUNS = "user_recommendations", "item_popularity", "training_runs"
-SESSIONS_INPUT, ACTIONS_INPUT = "gold.playback_sessions", "silver.user_actions"
+RECOMMENDATIONS = catalog.FEATURES_USER_RECOMMENDATIONS
+POPULARITY = catalog.FEATURES_ITEM_POPULARITY
+RUNS = catalog.FEATURES_TRAINING_RUNS
+# Inputs by catalog name: the keys of a training run's `input_versions`.
+SESSIONS_INPUT = catalog.GOLD_PLAYBACK_SESSIONS.name
+ACTIONS_INPUT = catalog.SILVER_USER_ACTIONS.name
 INPUTS = (SESSIONS_INPUT, ACTIONS_INPUT)
 METRICS = (f"ndcg_at_{EVAL_K}", f"precision_at_{EVAL_K}", f"recall_at_{EVAL_K}")
 
@@ -81,16 +85,11 @@ RUNS_SCHEMA = T.StructType([
 # ---------------------------------------------------------------- inputs
 
 
-def _input_path(settings: Settings, name: str) -> str:
-    layer, table = name.split(".")
-    return settings.lakehouse.table_path(layer, table)
-
-
 def current_versions(spark: SparkSession, settings: Settings) -> dict[str, int]:
     """The latest Delta version of every input table."""
     versions = {}
     for name in INPUTS:
-        path = _input_path(settings, name)
+        path = catalog.table(name).path(settings)
         if not DeltaTable.isDeltaTable(spark, path):
             raise FileNotFoundError(f"{name}: no Delta table at {path}; run the streams first")
         versions[name] = int(latest_commit(DeltaTable.forPath(spark, path))["version"])
@@ -106,7 +105,7 @@ def read_inputs(
         return (
             spark.read.format("delta")
             .option("versionAsOf", versions[name])
-            .load(_input_path(settings, name))
+            .load(catalog.table(name).path(settings))
         )
 
     sessions = read(SESSIONS_INPUT).select(
@@ -324,7 +323,7 @@ def run(
         with timings.phase("write_run"):
             spark.createDataFrame([run_row], RUNS_SCHEMA).write.format("delta").mode(
                 "append"
-            ).save(settings.lakehouse.table_path(LAYER, RUNS))
+            ).save(RUNS.path(settings))
     finally:
         sessions.unpersist()
         actions.unpersist()
@@ -370,7 +369,6 @@ def _final(
             n = _candidates(exclude, feats.top_k, n_items, feats.max_extra_candidates)
         with timings.phase("final_fit"):
             model = fit(ratings, params, feats.als.max_iter, feats.seed, feats.als.blocks)
-        lake = settings.lakehouse
         with timings.phase("final_recommend"):
             scores = top_scores(model, users_all, users, items, n).cache()
             recommendations = ix.blend_recommendations(
@@ -381,18 +379,18 @@ def _final(
                 F.lit(generated_at).cast("timestamp").alias("generated_at"),
             )  # fmt: skip
             recommendations.write.format("delta").mode("overwrite").save(
-                lake.table_path(LAYER, RECOMMENDATIONS)
+                RECOMMENDATIONS.path(settings)
             )
         with timings.phase("final_popularity"):
             popularity.write.format("delta").mode("overwrite").save(
-                lake.table_path(LAYER, POPULARITY)
+                POPULARITY.path(settings)
             )
         return {
             "users": users.count(),
             "items": n_items,
             "interactions": ratings.count(),
-            "recommendation_rows": _rows_written(spark, lake.table_path(LAYER, RECOMMENDATIONS)),
-            "popularity_rows": _rows_written(spark, lake.table_path(LAYER, POPULARITY)),
+            "recommendation_rows": _rows_written(spark, RECOMMENDATIONS.path(settings)),
+            "popularity_rows": _rows_written(spark, POPULARITY.path(settings)),
         }
     finally:
         for df in (scores, popularity, ratings, items, users, exclude):

@@ -35,6 +35,8 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
+from pipelines import catalog
+from pipelines.catalog import CatalogTable
 from pipelines.gold.transforms import (
     annotate_plays,
     daily_active_users,
@@ -62,29 +64,47 @@ from pipelines.silver.tables import ensure_silver_table, silver_schema
 
 QUERY_NAME = "gold_engagement"
 WINDOWS_QUERY_NAME = "gold_media_engagement"
-GOLD, OPS = "gold", "ops"
-MEDIA_ENGAGEMENT = "media_engagement"
-PLAYBACK_SESSIONS = "playback_sessions"
-USER_DAILY = "user_daily_engagement"
-DAILY_ACTIVE = "daily_active_users"
-PROGRESS = "gold_progress"
-LATE_EVENTS = "late_events"
-
-GOLD_KEYS = {
-    MEDIA_ENGAGEMENT: ["media_id", "window_start"],
-    PLAYBACK_SESSIONS: ["session_id"],
-    USER_DAILY: ["event_date", "user_id"],
-    DAILY_ACTIVE: ["event_date"],
+# The gold tables of both queries, by name (the key of the frames and paths below).
+GOLD_TABLES = {
+    t.table: t
+    for t in (
+        catalog.GOLD_MEDIA_ENGAGEMENT,
+        catalog.GOLD_PLAYBACK_SESSIONS,
+        catalog.GOLD_USER_DAILY_ENGAGEMENT,
+        catalog.GOLD_DAILY_ACTIVE_USERS,
+    )
 }
+MEDIA_ENGAGEMENT = catalog.GOLD_MEDIA_ENGAGEMENT.table
+PLAYBACK_SESSIONS = catalog.GOLD_PLAYBACK_SESSIONS.table
+USER_DAILY = catalog.GOLD_USER_DAILY_ENGAGEMENT.table
+DAILY_ACTIVE = catalog.GOLD_DAILY_ACTIVE_USERS.table
+# What `gold_engagement` keeps of its lateness decisions.
+PROGRESS = catalog.OPS_GOLD_PROGRESS
+LATE_EVENTS = catalog.OPS_LATE_EVENTS
+
+GOLD_KEYS = {name: list(t.keys) for name, t in GOLD_TABLES.items()}
+
+
+def _date_column(table: CatalogTable) -> str:
+    """The one date column a gold table is partitioned by."""
+    (column,) = table.partition_by
+    return column
+
+
 # Each gold table is partitioned by a date: a batch's MERGE names the dates it touches,
 # and Delta reads those partitions only, however long the history (and however the
 # files of a day were compacted or Z-ordered). The date of a window or a session is
-# its start's, which never changes for a key (a session's id names its first action).
+# its start's, which never changes for a key (a session's id names its first action):
+# the column each table's date is taken from.
+DATE_SOURCE = {
+    MEDIA_ENGAGEMENT: "window_start",
+    PLAYBACK_SESSIONS: "session_start",
+    USER_DAILY: "event_date",
+    DAILY_ACTIVE: "event_date",
+}
+# Gold table -> (its partition column, from the catalog; the column it is the date of).
 PARTITION_DATE = {
-    MEDIA_ENGAGEMENT: ("window_date", "window_start"),
-    PLAYBACK_SESSIONS: ("session_date", "session_start"),
-    USER_DAILY: ("event_date", "event_date"),
-    DAILY_ACTIVE: ("event_date", "event_date"),
+    table: (_date_column(GOLD_TABLES[table]), source) for table, source in DATE_SOURCE.items()
 }
 
 PROGRESS_SCHEMA = T.StructType([
@@ -119,12 +139,11 @@ class EngagementConf:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngagementConf:
-        lake = settings.lakehouse
         return cls(
-            silver=lake.table_path("silver", "user_actions"),
-            gold={t: lake.table_path(GOLD, t) for t in GOLD_KEYS},
-            progress=lake.table_path(OPS, PROGRESS),
-            late_events=lake.table_path(OPS, LATE_EVENTS),
+            silver=catalog.SILVER_USER_ACTIONS.path(settings),
+            gold={name: t.path(settings) for name, t in GOLD_TABLES.items()},
+            progress=PROGRESS.path(settings),
+            late_events=LATE_EVENTS.path(settings),
             window=settings.gold.window,
             gap=settings.gold.session_gap,
             watermark=settings.gold.watermark,
@@ -165,10 +184,12 @@ def ensure_tables(spark: SparkSession, conf: EngagementConf) -> None:
     empty_silver = spark.createDataFrame([], silver_schema("user_action"))
     ensure_silver_table(spark, conf.silver, "user_action")
     for table, frame in gold_frames(empty_silver, conf).items():
-        ensure_table(spark, conf.gold[table], frame, partition_by=[PARTITION_DATE[table][0]])
+        ensure_table(spark, conf.gold[table], frame, GOLD_TABLES[table])
         _check_partitioning(spark, conf.gold[table], PARTITION_DATE[table][0])
-    ensure_table(spark, conf.progress, spark.createDataFrame([], PROGRESS_SCHEMA))
-    ensure_table(spark, conf.late_events, spark.createDataFrame([], LATE_EVENTS_SCHEMA))
+    ensure_table(spark, conf.progress, spark.createDataFrame([], PROGRESS_SCHEMA), PROGRESS)
+    ensure_table(
+        spark, conf.late_events, spark.createDataFrame([], LATE_EVENTS_SCHEMA), LATE_EVENTS
+    )
 
 
 def _check_partitioning(spark: SparkSession, path: str, column: str) -> None:
@@ -293,7 +314,7 @@ def refresh_sessions(spark: SparkSession, conf: EngagementConf, events: DataFram
     # of earlier days.
     latest = F.expr(f"timestamp'{high}' + INTERVAL {conf.gap}")
     near = target.toDF().filter(
-        (F.col("session_date") <= F.to_date(latest))
+        (F.col(PARTITION_DATE[PLAYBACK_SESSIONS][0]) <= F.to_date(latest))
         & (F.col("session_end") >= F.expr(f"timestamp'{low}' - INTERVAL {conf.gap}"))
         & (F.col("session_start") <= latest)
     )
@@ -445,7 +466,7 @@ def process_batch(batch: DataFrame, batch_id: int, conf: EngagementConf) -> None
             F.lit(None).cast("timestamp").alias("reconciled_at"),
         )
         if not late.isEmpty():
-            merge_insert_new(DeltaTable.forPath(spark, conf.late_events), late, ["event_id"])
+            merge_insert_new(DeltaTable.forPath(spark, conf.late_events), late, LATE_EVENTS.keys)
         on_time = flagged.filter(~F.col("is_late")).select(*KEY_COLUMNS)
         if not on_time.isEmpty():
             refresh(spark, conf, on_time, ENGAGEMENT_PARTS)
@@ -454,7 +475,7 @@ def process_batch(batch: DataFrame, batch_id: int, conf: EngagementConf) -> None
             F.max("event_time").alias("max_event_time"),
             F.current_timestamp().alias("recorded_at"),
         )
-        merge_insert_new(DeltaTable.forPath(spark, conf.progress), progress, ["batch_id"])
+        merge_insert_new(DeltaTable.forPath(spark, conf.progress), progress, PROGRESS.keys)
     finally:
         events.unpersist()
 

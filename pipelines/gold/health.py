@@ -31,6 +31,7 @@ have changed the minute's values.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from delta.tables import DeltaTable
@@ -39,15 +40,17 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
+from pipelines import catalog
 from pipelines.io.conflicts import retrying_batches
 from pipelines.io.delta import ensure_table, merge_insert_new, read_delta_stream, start_with_trigger
 from pipelines.settings import Settings
 from pipelines.silver.tables import ensure_silver_table
 
-LAYER = "ops"
-HOST_STATUS, SERVICE_MINUTE, ALERTS = "host_status", "service_health_minute", "health_alerts"
+HOST_STATUS = catalog.OPS_HOST_STATUS
+SERVICE_MINUTE = catalog.OPS_SERVICE_HEALTH_MINUTE
+ALERTS = catalog.OPS_HEALTH_ALERTS
 QUERY_NAME = "gold_health"
-SOURCE_TABLE = "system_events"
+SOURCE = catalog.SILVER_SYSTEM_EVENTS
 SERVER_STATUS = "server_status"
 HOSTS_DOWN, HIGH_CPU = "hosts_down", "high_cpu"
 
@@ -189,18 +192,22 @@ def _merge_newer_host_status(target: DeltaTable, updates: DataFrame) -> None:
     )
     (
         target.alias("t")
-        .merge(updates.alias("s"), "t.host = s.host AND t.service = s.service")
+        .merge(updates.alias("s"), _same_keys(HOST_STATUS.keys))
         .whenMatchedUpdateAll(condition=is_newer)
         .whenNotMatchedInsertAll()
         .execute()
     )
 
 
-def _upsert(target: DeltaTable, updates: DataFrame, keys: list[str]) -> None:
-    condition = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+def _same_keys(keys: Sequence[str]) -> str:
+    """A MERGE condition: target `t` and source `s` rows have equal `keys`."""
+    return " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+
+
+def _upsert(target: DeltaTable, updates: DataFrame, keys: Sequence[str]) -> None:
     (
         target.alias("t")
-        .merge(updates.alias("s"), condition)
+        .merge(updates.alias("s"), _same_keys(keys))
         .whenMatchedUpdateAll()
         .whenNotMatchedInsertAll()
         .execute()
@@ -221,12 +228,11 @@ class HealthSink:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> HealthSink:
-        lakehouse = settings.lakehouse
         return cls(
-            source_path=lakehouse.table_path("silver", SOURCE_TABLE),
-            host_status_path=lakehouse.table_path(LAYER, HOST_STATUS),
-            service_minute_path=lakehouse.table_path(LAYER, SERVICE_MINUTE),
-            alerts_path=lakehouse.table_path(LAYER, ALERTS),
+            source_path=SOURCE.path(settings),
+            host_status_path=HOST_STATUS.path(settings),
+            service_minute_path=SERVICE_MINUTE.path(settings),
+            alerts_path=ALERTS.path(settings),
             high_cpu_pct=settings.gold.high_cpu_pct,
             high_cpu_minutes=settings.gold.high_cpu_minutes,
         )
@@ -236,9 +242,11 @@ class HealthSink:
             return spark.createDataFrame([], schema)
 
         return (
-            ensure_table(spark, self.host_status_path, empty(HOST_STATUS_SCHEMA)),
-            ensure_table(spark, self.service_minute_path, empty(SERVICE_MINUTE_SCHEMA)),
-            ensure_table(spark, self.alerts_path, empty(ALERT_SCHEMA)),
+            ensure_table(spark, self.host_status_path, empty(HOST_STATUS_SCHEMA), HOST_STATUS),
+            ensure_table(
+                spark, self.service_minute_path, empty(SERVICE_MINUTE_SCHEMA), SERVICE_MINUTE
+            ),
+            ensure_table(spark, self.alerts_path, empty(ALERT_SCHEMA), ALERTS),
         )
 
     def __call__(self, events: DataFrame, batch_id: int) -> None:
@@ -265,7 +273,7 @@ class HealthSink:
             .join(touched, on=["service", "minute"], how="left_semi")
             .drop("minute")
         )
-        _upsert(target, service_minutes(all_events_of_touched), ["service", "minute"])
+        _upsert(target, service_minutes(all_events_of_touched), SERVICE_MINUTE.keys)
 
     def _raise_alerts(self, events: DataFrame, minutes: DeltaTable, target: DeltaTable) -> None:
         # A change at minute m can raise alerts at m .. m+n, each of which looks n minutes
@@ -286,7 +294,7 @@ class HealthSink:
             .filter(F.col("minute") >= F.col("_first"))
             .select(*ALERT_SCHEMA.fieldNames())
         )
-        merge_insert_new(target, raised, ["alert_id"])
+        merge_insert_new(target, raised, ALERTS.keys)
 
 
 def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[StreamingQuery]:

@@ -40,6 +40,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
+from pipelines import catalog
 from pipelines.io.conflicts import retrying_batches
 from pipelines.io.delta import (
     ensure_table,
@@ -52,10 +53,10 @@ from pipelines.schemas.registry import latest_version
 from pipelines.settings import Settings
 from pipelines.silver.tables import ensure_silver_table
 
-LAYER, TABLE = "gold", "notifications"
+TABLE = catalog.GOLD_NOTIFICATIONS
 QUERY_NAME = "gold_notifications"
-SESSIONS_TABLE = "playback_sessions"
-UPLOADS_TABLE = "content_uploads"
+SESSIONS = catalog.GOLD_PLAYBACK_SESSIONS
+UPLOADS = catalog.SILVER_CONTENT_UPLOADS
 COMPLETED = "completed"
 REASON = "new upload from a creator you watch"
 EVENT_TYPE = "notification"
@@ -207,11 +208,10 @@ class NotificationSink:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> NotificationSink:
-        lakehouse = settings.lakehouse
         return cls(
-            table_path=lakehouse.table_path(LAYER, TABLE),
-            uploads_path=lakehouse.table_path("silver", UPLOADS_TABLE),
-            sessions_path=lakehouse.table_path(LAYER, SESSIONS_TABLE),
+            table_path=TABLE.path(settings),
+            uploads_path=UPLOADS.path(settings),
+            sessions_path=SESSIONS.path(settings),
             bootstrap=settings.kafka.bootstrap,
             topic=settings.kafka.topics["notifications"].name,
             fan_min_days=settings.notifications.fan_min_days,
@@ -224,7 +224,7 @@ class NotificationSink:
         # No sessions table yet means nobody has completed anything: no fans.
         if uploads.isEmpty() or not table_exists(spark, self.sessions_path):
             return
-        target = ensure_table(spark, self.table_path, spark.createDataFrame([], SCHEMA))
+        target = ensure_table(spark, self.table_path, spark.createDataFrame([], SCHEMA), TABLE)
         candidates = fans(
             spark.read.format("delta").load(self.sessions_path),
             spark.read.format("delta").load(self.uploads_path),
@@ -245,16 +245,15 @@ class NotificationSink:
             [(m["key"], m["value"]) for m in messages],
             self.send_timeout_s,
         )
-        merge_insert_new(target, new, ["notification_id"])
+        merge_insert_new(target, new, TABLE.keys)
 
 
 def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[StreamingQuery]:
-    uploads_path = settings.lakehouse.table_path("silver", UPLOADS_TABLE)
+    uploads_path = UPLOADS.path(settings)
     # Started beside silver, this job may come first: an empty source table lets the
     # stream begin instead of failing on a missing path.
     ensure_silver_table(spark, uploads_path, "content_upload")
-    table_path = settings.lakehouse.table_path(LAYER, TABLE)
-    ensure_table(spark, table_path, spark.createDataFrame([], SCHEMA))
+    ensure_table(spark, TABLE.path(settings), spark.createDataFrame([], SCHEMA), TABLE)
     writer = (
         read_delta_stream(spark, uploads_path, settings.streaming)
         .writeStream.foreachBatch(

@@ -62,7 +62,7 @@ def reconcile(spark: SparkSession, settings: Settings) -> dict[str, int]:
     duplicates = sweep_duplicates(spark, settings)
     conf = EngagementConf.from_settings(settings)
     ensure_tables(spark, conf)
-    sweeps = settings.lakehouse.table_path(*SWEEPS)
+    sweeps = SWEEPS.path(settings)
     # Pinned: rows recorded while we run are left for the next reconcile.
     late = (
         spark.read.format("delta").load(conf.late_events)

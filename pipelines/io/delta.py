@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, cast
 
 from delta.tables import DeltaTable
@@ -10,6 +11,7 @@ from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql.streaming import DataStreamWriter, StreamingQuery
 
 if TYPE_CHECKING:
+    from pipelines.catalog import CatalogTable
     from pipelines.settings import StreamingSettings
 
 _POOL = "spark.scheduler.pool"
@@ -33,19 +35,16 @@ def latest_commit(table: DeltaTable) -> Row:
 
 
 def ensure_table(
-    spark: SparkSession,
-    path: str,
-    like: DataFrame,
-    partition_by: list[str] | None = None,
-    properties: dict[str, str] | None = None,
+    spark: SparkSession, path: str, like: DataFrame, layout: CatalogTable
 ) -> DeltaTable:
-    """Create an empty Delta table with `like`'s schema (and table `properties`) if
-    none exists at `path`; an existing table is left as it is."""
+    """Create an empty Delta table with `like`'s schema if none exists at `path`,
+    partitioned and with the table properties its catalog entry `layout` names; an
+    existing table is left as it is."""
     if not table_exists(spark, path):
         builder = DeltaTable.createIfNotExists(spark).location(path).addColumns(like.schema)
-        if partition_by:
-            builder = builder.partitionedBy(*partition_by)
-        for key, value in (properties or {}).items():
+        if layout.partition_by:
+            builder = builder.partitionedBy(*layout.partition_by)
+        for key, value in layout.properties.items():
             builder = builder.property(key, value)
         builder.execute()
     return DeltaTable.forPath(spark, path)
@@ -66,7 +65,7 @@ def read_delta_stream(spark: SparkSession, path: str, streaming: StreamingSettin
 
 
 def delta_append_stream(
-    df: DataFrame, path: str, checkpoint: str, partition_by: list[str] | None = None
+    df: DataFrame, path: str, checkpoint: str, partition_by: Sequence[str] = ()
 ) -> DataStreamWriter:
     """Append to a Delta table; the Delta sink records (query id, batch id) in the
     table's log, so a replayed micro-batch is skipped: exactly once."""
@@ -116,7 +115,7 @@ def append_once(df: DataFrame, path: str, app_id: str, version: int) -> None:
 
 
 def merge_insert_new(
-    target: DeltaTable, updates: DataFrame, keys: list[str], extra_condition: str = ""
+    target: DeltaTable, updates: DataFrame, keys: Sequence[str], extra_condition: str = ""
 ) -> int:
     """Insert the rows of `updates` whose `keys` are not yet in `target`; return how
     many were inserted.

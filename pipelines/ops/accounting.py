@@ -7,9 +7,10 @@ from collections.abc import Callable
 
 from pyspark.sql import SparkSession
 
+from pipelines import catalog
 from pipelines.ops.readers import SparkReader
 from pipelines.settings import Settings
-from pipelines.silver.tables import LAYER, QUARANTINE, TABLES
+from pipelines.silver.tables import QUARANTINE, TABLES
 
 # (table path, column) -> rows per value of the column, {} when there is no table.
 Counts = Callable[[str, str], dict[str, int]]
@@ -22,12 +23,11 @@ def accounting(spark: SparkSession, settings: Settings) -> list[dict[str, object
 
 def accounting_from(counts: Counts, settings: Settings) -> list[dict[str, object]]:
     """`accounting` with the rows per topic of each table counted by `counts`."""
-    lake = settings.lakehouse
-    bronze = counts(lake.table_path("bronze", "events"), "topic")
-    quarantine = counts(lake.table_path(LAYER, QUARANTINE), "topic")
+    bronze = counts(catalog.BRONZE_EVENTS.path(settings), "topic")
+    quarantine = counts(QUARANTINE.path(settings), "topic")
     silver: dict[str, int] = {}
     for table in TABLES:
-        for topic, n in counts(lake.table_path(LAYER, table.table), "source_topic").items():
+        for topic, n in counts(table.entry.path(settings), "source_topic").items():
             silver[topic] = silver.get(topic, 0) + n
     rows = []
     for topic in sorted(set(bronze) | set(silver) | set(quarantine)):

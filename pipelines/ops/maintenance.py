@@ -48,12 +48,13 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 
+from pipelines import catalog
+from pipelines.catalog import CatalogTable
 from pipelines.io.conflicts import ConflictRetriesExhausted, one_line, with_conflict_retries
 from pipelines.io.delta import ensure_table, latest_commit, merge_insert_new
-from pipelines.ops.catalog import CatalogTable, existing_tables
 from pipelines.settings import Settings
 
-LAYER, TABLE = "ops", "maintenance_log"
+TABLE = catalog.OPS_MAINTENANCE_LOG
 OPTIMIZE, ZORDER, VACUUM = "optimize", "zorder", "vacuum"
 OK, FAILED = "ok", "failed"
 
@@ -232,16 +233,22 @@ def _run_action(
 
 
 def _write_log(spark: SparkSession, settings: Settings, rows: list[dict[str, Any]]) -> None:
-    target = ensure_table(
-        spark, settings.lakehouse.table_path(LAYER, TABLE), spark.createDataFrame([], SCHEMA)
-    )
+    target = ensure_table(spark, TABLE.path(settings), spark.createDataFrame([], SCHEMA), TABLE)
     updates = spark.createDataFrame([tuple(r[c] for c in SCHEMA.fieldNames()) for r in rows],
                                     SCHEMA)
     # Keyed on (run, table, operation): a retried log write adds nothing twice.
     with_conflict_retries(
-        lambda: merge_insert_new(target, updates, ["run_id", "table", "operation"]),
+        lambda: merge_insert_new(target, updates, TABLE.keys),
         settings.maintenance.conflict_retries, settings.maintenance.conflict_backoff_s,
     )
+
+
+def existing_tables(spark: SparkSession, settings: Settings) -> Iterator[CatalogTable]:
+    """The catalog tables that exist as Delta tables under the configured root, in
+    catalog order."""
+    for table in catalog.TABLES:
+        if DeltaTable.isDeltaTable(spark, table.path(settings)):
+            yield table
 
 
 def maintain(

@@ -29,12 +29,13 @@ from pyspark.sql import SparkSession
 from rich.console import Group
 from rich.table import Table
 
+from pipelines import catalog
+from pipelines.catalog import STREAMS, TABLES, CatalogTable, StreamSource
 from pipelines.ops.accounting import accounting_from
-from pipelines.ops.catalog import BY_NAME, STREAMS, TABLES, CatalogTable, StreamSource
 from pipelines.ops.readers import LakeReader, SparkReader
 from pipelines.settings import Settings
 
-QUARANTINE = BY_NAME["silver.quarantine"]
+QUARANTINE = catalog.SILVER_QUARANTINE
 
 
 # --- tables ---------------------------------------------------------------------------
@@ -227,7 +228,7 @@ def stream_status(
             row["latest"] = {t: {p: e for p, (_, e) in ps.items()} for t, ps in offsets.items()}
             row["lag_records"] = kafka_lag(offsets, offset)
         return row
-    path = BY_NAME[stream.source].path(settings)
+    path = catalog.table(stream.source).path(settings)
     if not reader.is_table(path):
         row["reason"] = f"source table {stream.source} does not exist yet"
         return row

@@ -31,11 +31,12 @@ from great_expectations.datasource.fluent import SparkDatasource
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 
+from pipelines import catalog
 from pipelines.io.delta import table_exists
 from pipelines.quality.suites import Rule, build_suite, load_suites
 from pipelines.settings import Settings
 
-RESULTS_LAYER, RESULTS_TABLE = "ops", "quality_results"
+RESULTS = catalog.OPS_QUALITY_RESULTS
 CRITICAL = "critical"
 DATASOURCE = "lakehouse"
 EXAMPLES = 3  # unexpected values quoted in `observed`
@@ -197,7 +198,7 @@ def run_quality(
     with _quiet_gx():
         source = _spark_source()
         for table, rules in suites.items():
-            path = settings.lakehouse.table_path(rules[0].layer, rules[0].name)
+            path = catalog.table(table).path(settings)
             if not table_exists(spark, path):
                 results += [skipped_row(rule, f"no table at {path}") for rule in rules]
                 continue
@@ -208,11 +209,5 @@ def run_quality(
             finally:
                 df.unpersist()
     if record and results:
-        write_results(
-            spark,
-            settings.lakehouse.table_path(RESULTS_LAYER, RESULTS_TABLE),
-            results,
-            run_id,
-            run_at,
-        )
+        write_results(spark, RESULTS.path(settings), results, run_id, run_at)
     return results

@@ -53,14 +53,6 @@ class Rule:
     severity: str
 
     @property
-    def layer(self) -> str:
-        return self.table.split(".", 1)[0]
-
-    @property
-    def name(self) -> str:
-        return self.table.split(".", 1)[1]
-
-    @property
     def kwargs_json(self) -> str:
         return json.dumps(dict(self.kwargs), sort_keys=True, default=str)
 

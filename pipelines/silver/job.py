@@ -26,19 +26,18 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql.streaming import StreamingQuery
 
+from pipelines import catalog
 from pipelines.io.concurrent import side_by_side
 from pipelines.io.conflicts import retrying_batches
 from pipelines.io.delta import append_once, ensure_table, read_delta_stream, start_with_trigger
 from pipelines.settings import Settings
 from pipelines.silver.fastpath import fast_classify, fast_events, fast_keys, suspects
 from pipelines.silver.tables import (
-    LAYER,
     QUARANTINE,
     QUARANTINE_SCHEMA,
     SOURCE_COLUMNS,
     TABLES,
     ensure_silver_table,
-    table_properties,
 )
 from pipelines.silver.transforms import (
     classify_records,
@@ -54,7 +53,7 @@ _COORDS = ["source_topic", "source_partition", "source_offset"]
 
 # Dedup is per silver table: an event_id is unique within its event type.
 _KEY = ("event_type", "event_id")
-_QUARANTINE_KEYS = ["topic", "partition", "offset"]
+_QUARANTINE_KEYS = list(QUARANTINE.keys)
 # What a duplicate's quarantine row is made of (see transforms.duplicate_rows).
 _DUPLICATE_COLUMNS = ["event_id", *_COORDS, "first_topic", "first_partition", "first_offset"]
 # Set by Spark on the thread that runs a micro-batch; stable across restarts from the
@@ -65,14 +64,9 @@ _QUERY_ID_PROPERTY = "sql.streaming.queryId"
 def ensure_silver(spark: SparkSession, settings: Settings) -> None:
     """Create the silver tables and the quarantine if missing (once, before batches)."""
     for table in TABLES:
-        ensure_silver_table(
-            spark, settings.lakehouse.table_path(LAYER, table.table), table.event_type
-        )
+        ensure_silver_table(spark, table.entry.path(settings), table.event_type)
     ensure_table(
-        spark,
-        settings.lakehouse.table_path(LAYER, QUARANTINE),
-        spark.createDataFrame([], QUARANTINE_SCHEMA),
-        properties=table_properties(QUARANTINE),
+        spark, QUARANTINE.path(settings), spark.createDataFrame([], QUARANTINE_SCHEMA), QUARANTINE
     )
 
 
@@ -141,7 +135,7 @@ def _held(spark: SparkSession, settings: Settings, keys: DataFrame) -> DataFrame
     for row in keys.select("event_type", "event_date").distinct().collect():
         dates.setdefault(row["event_type"], []).append(row["event_date"])
     tables = [
-        spark.read.format("delta").load(settings.lakehouse.table_path(LAYER, t.table))
+        spark.read.format("delta").load(t.entry.path(settings))
         .filter(F.col("event_date").isin(sorted(dates[t.event_type])))
         .select(F.lit(t.event_type).alias("event_type"), "event_id", *_COORDS)
         for t in TABLES if t.event_type in dates
@@ -193,7 +187,7 @@ def _append_rejected(
     if not settled.filter("_duplicate").isEmpty():
         dups = settled_to_join.filter("_duplicate").select(*_DUPLICATE_COLUMNS)
         rejected = rejected.unionByName(duplicate_rows(_with_values(dups, fast)))
-    quarantine = settings.lakehouse.table_path(LAYER, QUARANTINE)
+    quarantine = QUARANTINE.path(settings)
     # Only the batch's own offset ranges can hold a replayed record: with offset
     # statistics, Delta skips every file of other ranges (the cost is the batch's).
     ranges = fast.groupBy("topic", "partition").agg(
@@ -268,7 +262,7 @@ def process_batch(
             partial(
                 append_once,
                 _new_events(fast, classified, settled_to_join, table.event_type),
-                settings.lakehouse.table_path(LAYER, table.table), app_id, batch_id,
+                table.entry.path(settings), app_id, batch_id,
             )
             for table in TABLES
         ]
@@ -285,11 +279,7 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
 
     ensure_bronze(spark, settings)
     ensure_silver(spark, settings)
-    bronze = read_delta_stream(
-        spark,
-        settings.lakehouse.table_path("bronze", "events"),
-        settings.streaming,
-    )
+    bronze = read_delta_stream(spark, catalog.BRONZE_EVENTS.path(settings), settings.streaming)
     writer = (
         bronze.writeStream.queryName(QUERY_NAME)
         .foreachBatch(retrying_batches(

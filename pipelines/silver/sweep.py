@@ -18,13 +18,14 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from pipelines import catalog
 from pipelines.io.delta import ensure_table, merge_insert_new
 from pipelines.settings import Settings
 from pipelines.silver.job import ensure_silver, same_record
-from pipelines.silver.tables import LAYER, QUARANTINE, SOURCE_COLUMNS, TABLES
+from pipelines.silver.tables import QUARANTINE, SOURCE_COLUMNS, TABLES
 from pipelines.silver.transforms import duplicate_rows, rank_in_batch, repeated_ids
 
-SWEEPS = ("ops", "duplicate_sweeps")
+SWEEPS = catalog.OPS_DUPLICATE_SWEEPS
 COORDS = SOURCE_COLUMNS.fieldNames()
 # What a moved user action fed gold (the columns of its keys there); null for others.
 GOLD_KEYS = [("user_id", T.StringType()), ("media_id", T.StringType()),
@@ -68,7 +69,7 @@ def _quarantine_rows(spark: SparkSession, settings: Settings, later: DataFrame) 
     """`later` as quarantine rows, their raw values read back from bronze."""
     coords = [F.col(c.removeprefix("source_")).alias(c) for c in COORDS]
     values = (
-        spark.read.format("delta").load(settings.lakehouse.table_path("bronze", "events"))
+        spark.read.format("delta").load(catalog.BRONZE_EVENTS.path(settings))
         .select(*coords, "value")
         .join(F.broadcast(later.select(*COORDS)), on=COORDS, how="left_semi")
     )
@@ -80,12 +81,12 @@ def sweep_duplicates(spark: SparkSession, settings: Settings) -> int:
     (with its gold keys, unreconciled), quarantined, then deleted, in that order, so a
     run cut short anywhere is finished by the next. Returns the rows moved."""
     ensure_silver(spark, settings)
-    sweeps = settings.lakehouse.table_path(*SWEEPS)
-    ensure_table(spark, sweeps, spark.createDataFrame([], SWEEPS_SCHEMA))
-    quarantine = DeltaTable.forPath(spark, settings.lakehouse.table_path(LAYER, QUARANTINE))
+    sweeps = SWEEPS.path(settings)
+    ensure_table(spark, sweeps, spark.createDataFrame([], SWEEPS_SCHEMA), SWEEPS)
+    quarantine = DeltaTable.forPath(spark, QUARANTINE.path(settings))
     moved = 0
     for table in TABLES:
-        path = settings.lakehouse.table_path(LAYER, table.table)
+        path = table.entry.path(settings)
         silver = spark.read.format("delta").load(path)
         # Pinned: rows the stream appends meanwhile wait for the next sweep.
         later = later_copies(silver).localCheckpoint(eager=True)
@@ -93,9 +94,8 @@ def sweep_duplicates(spark: SparkSession, settings: Settings) -> int:
         if not count:
             continue
         merge_insert_new(DeltaTable.forPath(spark, sweeps), _log(silver, later, table.event_type),
-                         COORDS)
-        merge_insert_new(quarantine, _quarantine_rows(spark, settings, later),
-                         ["topic", "partition", "offset"])
+                         SWEEPS.keys)
+        merge_insert_new(quarantine, _quarantine_rows(spark, settings, later), QUARANTINE.keys)
         condition = " AND ".join(f"t.{c} = s.{c}" for c in COORDS)
         (
             DeltaTable.forPath(spark, path).alias("t")

@@ -13,27 +13,32 @@ from dataclasses import dataclass
 from pyspark.sql import SparkSession
 from pyspark.sql import types as T
 
+from pipelines import catalog
+from pipelines.catalog import CatalogTable
 from pipelines.io.delta import ensure_table
-from pipelines.ops.catalog import BY_NAME as CATALOG
 from pipelines.schemas.registry import ERROR_CODES as CLASSIFIER_CODES
 from pipelines.schemas.registry import spark_schema
 
-LAYER = "silver"
-QUARANTINE = "quarantine"
+QUARANTINE = catalog.SILVER_QUARANTINE
 # The classifier's codes, and the one the dedup adds.
 ERROR_CODES = (*CLASSIFIER_CODES, "duplicate")
 
 
 @dataclass(frozen=True)
 class SilverTable:
-    table: str  # silver table name, also the `kafka.topics` key of its source topic
+    entry: CatalogTable  # where the table is and how it is laid out
     event_type: str  # schema registry name
+
+    @property
+    def table(self) -> str:
+        """The silver table's name, also the `kafka.topics` key of its source topic."""
+        return self.entry.table
 
 
 TABLES = (
-    SilverTable("user_actions", "user_action"),
-    SilverTable("content_uploads", "content_upload"),
-    SilverTable("system_events", "system_event"),
+    SilverTable(catalog.SILVER_USER_ACTIONS, "user_action"),
+    SilverTable(catalog.SILVER_CONTENT_UPLOADS, "content_upload"),
+    SilverTable(catalog.SILVER_SYSTEM_EVENTS, "system_event"),
 )
 BY_TABLE = {t.table: t for t in TABLES}
 
@@ -79,15 +84,9 @@ QUARANTINE_SCHEMA = T.StructType([
 ])
 
 
-def table_properties(table: str) -> dict[str, str]:
-    """Delta properties of a silver table (its statistics columns), from the catalog."""
-    return CATALOG[f"{LAYER}.{table}"].properties
-
-
 def ensure_silver_table(spark: SparkSession, path: str, event_type: str) -> None:
     """Create the empty silver table of `event_type` at `path` if missing: the silver
     job does it, and so does every gold job reading it, so either may start first."""
     empty = spark.createDataFrame([], silver_schema(event_type))
-    table = next(t.table for t in TABLES if t.event_type == event_type)
-    ensure_table(spark, path, empty, partition_by=["event_date"],
-                 properties=table_properties(table))
+    entry = next(t.entry for t in TABLES if t.event_type == event_type)
+    ensure_table(spark, path, empty, entry)
