@@ -7,10 +7,12 @@ their values are recomputed from the silver table itself and upserted, so an
 out-of-order event (which can merge or split sessions, or change the watch time of an
 earlier play) lands correctly, and replaying a batch writes the same rows again.
 
-What a batch reads is bounded by what it touches, not by history: a window, a
-user's day, a day's actives, and for sessions the time range its events can change
-(`session_ranges`), each read from silver's event-date partitions; the MERGEs name
-their keys' range as literals, so Delta skips the other files.
+What a batch reads is bounded by what it touches, not by history: a window (the
+silver files of its time span, by event_time statistics), a user's day, and for
+sessions the time range its events can change (`session_ranges`), each read from
+silver's event-date partitions; a day's actives are counted from the day's user rows.
+Gold tables are partitioned by date and the MERGEs name their keys' dates and time
+range as literals, so Delta reads the touched partitions only.
 
 Two queries, so that the media windows (cheap: a window is five minutes of one
 media) are not held up by sessions and user days, which cost several times more per
@@ -273,9 +275,16 @@ def refresh_windows(spark: SparkSession, conf: EngagementConf, events: DataFrame
     dates = _collect_dates(windows.select(F.explode(day_bounds)))
     if not dates:
         return 0
+    low, high = _time_bounds(windows.select(F.explode(F.array("window_start", "window_end"))
+                                            .alias("t")))
+    assert low is not None and high is not None  # dates were found: windows exist
     actions = (
         _silver(spark, conf)
         .filter(F.col("event_date").isin(dates))
+        # Literal bounds: silver's files carry event_time statistics and hold one
+        # micro-batch's time span each, so Delta reads the batch's files, not the day.
+        .filter(F.col("event_time") >= F.expr(f"timestamp'{low}'"))
+        .filter(F.col("event_time") < F.expr(f"timestamp'{high}'"))
         .withColumn("window_start", window_start(conf.window))
         .join(
             F.broadcast(windows.select("media_id", "window_start")),
@@ -285,12 +294,10 @@ def refresh_windows(spark: SparkSession, conf: EngagementConf, events: DataFrame
         .drop("window_start")
     )
     fresh = stored(MEDIA_ENGAGEMENT, media_engagement(actions, conf.window))
-    low, high = _time_bounds(windows.select(F.col("window_start").alias("t")))
-    assert low is not None and high is not None  # dates were found: windows exist
     return _replace(
         spark, conf.gold[MEDIA_ENGAGEMENT], fresh, windows, GOLD_KEYS[MEDIA_ENGAGEMENT],
         f"{_date_range(MEDIA_ENGAGEMENT, low, high)} AND "
-        f"t.window_start >= timestamp'{low}' AND t.window_start <= timestamp'{high}'",
+        f"t.window_start >= timestamp'{low}' AND t.window_start < timestamp'{high}'",
     )
 
 
@@ -383,13 +390,17 @@ def refresh_user_days(spark: SparkSession, conf: EngagementConf, events: DataFra
 
 
 def refresh_active_days(spark: SparkSession, conf: EngagementConf, events: DataFrame) -> int:
-    """Recompute daily_active_users for the dates of `events`; returns days written."""
+    """Recompute daily_active_users for the dates of `events`; returns days written.
+    Counted from gold.user_daily_engagement, which has one row per active user and
+    day (so it must be current for these dates first, see `refresh`): a day's users,
+    not a day's actions."""
     touched = touched_dates(events)
     dates = _collect_dates(touched)
     if not dates:
         return 0
-    actions = _silver(spark, conf).filter(F.col("event_date").isin(dates))
-    fresh = daily_active_users(actions)
+    user_days = spark.read.format("delta").load(conf.gold[USER_DAILY]).filter(
+        F.col("event_date").isin(dates))
+    fresh = daily_active_users(user_days)
     return _replace(spark, conf.gold[DAILY_ACTIVE], fresh, touched, GOLD_KEYS[DAILY_ACTIVE],
                     _in_dates(dates))
 
@@ -410,16 +421,21 @@ def refresh(
     events: DataFrame,
     parts: tuple[str, ...] = tuple(REFRESHERS),
 ) -> dict[str, int]:
-    """Recompute from silver every key of the gold `parts` (names of REFRESHERS) that
-    `events` (rows with KEY_COLUMNS) can change and upsert it. Idempotent: running it
-    twice writes the same rows.
+    """Recompute every key of the gold `parts` (names of REFRESHERS) that `events`
+    (rows with KEY_COLUMNS) can change and upsert it. Idempotent: running it twice
+    writes the same rows.
 
     The tables are refreshed side by side (each MERGE writes its own table): their
-    many small Spark jobs and Delta's driver-side work overlap."""
+    many small Spark jobs and Delta's driver-side work overlap. The daily actives
+    come last: they are counted from the user days."""
+    first = [part for part in parts if part != "days"]
     written = side_by_side(
-        spark, [partial(REFRESHERS[part], spark, conf, events) for part in parts]
+        spark, [partial(REFRESHERS[part], spark, conf, events) for part in first]
     )
-    return dict(zip(parts, written, strict=True))
+    counts = dict(zip(first, written, strict=True))
+    if "days" in parts:
+        counts["days"] = refresh_active_days(spark, conf, events)
+    return {part: counts[part] for part in parts}
 
 
 # --- the stream -----------------------------------------------------------------------

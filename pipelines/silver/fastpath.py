@@ -266,14 +266,15 @@ def fast_classify(
         F.when(F.col(fast_column(t)).isNotNull(), F.lit(t)) for t in by_type
     ))
     event_id = F.coalesce(*(F.col(fast_column(t))["event_id"] for t in by_type))
-    event_date = F.to_date(F.coalesce(*(F.col(fast_column(t))["event_time"] for t in by_type)))
+    event_time = F.coalesce(*(F.col(fast_column(t))["event_time"] for t in by_type))
     # Every record keeps its raw value: suspects go to the Python classifier with it,
     # duplicates to quarantine (cheaper here than reading the batch a second time).
     return (
         parsed.select(*BRONZE_COLUMNS, *structs)
         .withColumn("_event_type", type_of_event)
         .withColumn("_event_id", event_id)
-        .withColumn("_event_date", event_date)
+        .withColumn("_event_time", event_time)
+        .withColumn("_event_date", F.to_date("_event_time"))
         .withColumn("_suspect", F.col("_event_type").isNull())
     )
 
@@ -291,11 +292,12 @@ def fast_events(fast: DataFrame, event_type: str) -> DataFrame:
 
 
 def fast_keys(fast: DataFrame) -> DataFrame:
-    """(event_type, event_id, event_date, source coordinates) of every record that took
-    the fast path: what the dedup needs of them."""
+    """(event_type, event_id, event_time, event_date, source coordinates) of every
+    record that took the fast path: what the dedup needs of them."""
     return fast.filter(F.col("_event_type").isNotNull()).select(
         F.col("_event_type").alias("event_type"),
         F.col("_event_id").alias("event_id"),
+        F.col("_event_time").alias("event_time"),
         F.col("_event_date").alias("event_date"),
         F.col("topic").alias("source_topic"),
         F.col("partition").alias("source_partition"),

@@ -113,11 +113,12 @@ def _sized(
 
 
 def _batch_keys(fast: DataFrame, classified: DataFrame) -> DataFrame:
-    """(event_type, event_id, event_date, source coordinates) of every valid record of
-    the batch."""
+    """(event_type, event_id, event_time, event_date, source coordinates) of every
+    valid record of the batch."""
     slow = (
         to_events(classified, t.event_type).select(
-            F.lit(t.event_type).alias("event_type"), "event_id", "event_date", *_COORDS
+            F.lit(t.event_type).alias("event_type"), "event_id", "event_time", "event_date",
+            *_COORDS,
         )
         for t in TABLES
     )
@@ -126,19 +127,27 @@ def _batch_keys(fast: DataFrame, classified: DataFrame) -> DataFrame:
 
 def _held(spark: SparkSession, settings: Settings, keys: DataFrame) -> DataFrame:
     """(event_type, event_id, source coordinates) of the rows the silver tables
-    already hold for the ids of `keys`, looked up in the event-date partitions the
-    batch's records name (their key columns only): the cost is the batch's days, not
-    the tables' history. A resend carries its event's timestamp, so it lands in the
-    same partition; an id reused with another date is found by `lakehouse reconcile`
-    (`pipelines.silver.sweep`)."""
-    dates: dict[str, list] = {}
-    for row in keys.select("event_type", "event_date").distinct().collect():
-        dates.setdefault(row["event_type"], []).append(row["event_date"])
+    already hold for the ids of `keys`, looked up where a copy of the batch's records
+    can be: in the event-date partitions they name, within their event-time span (key
+    columns only). A resend carries its event's timestamp, so it lands there; with
+    event_time statistics on silver's files, Delta reads the files of the batch's time
+    span, not the tables' history nor a whole day. An id reused with another
+    timestamp is found by `lakehouse reconcile` (`pipelines.silver.sweep`)."""
+    fmt = "yyyy-MM-dd HH:mm:ss.SSSSSS"
+    spans = keys.groupBy("event_type").agg(
+        F.array_sort(F.collect_set("event_date")).alias("dates"),
+        F.date_format(F.min("event_time"), fmt).alias("low"),
+        F.date_format(F.max("event_time"), fmt).alias("high"),
+    ).collect()
+    by_type = {row["event_type"]: row for row in spans}
     tables = [
         spark.read.format("delta").load(t.entry.path(settings))
-        .filter(F.col("event_date").isin(sorted(dates[t.event_type])))
+        .filter(F.col("event_date").isin(by_type[t.event_type]["dates"]))
+        .filter(F.col("event_time").between(
+            F.expr(f"timestamp'{by_type[t.event_type]['low']}'"),
+            F.expr(f"timestamp'{by_type[t.event_type]['high']}'")))
         .select(F.lit(t.event_type).alias("event_type"), "event_id", *_COORDS)
-        for t in TABLES if t.event_type in dates
+        for t in TABLES if t.event_type in by_type
     ]
     held_keys = keys.select(*_KEY)
     if not tables:  # a batch without valid records: nothing is held
