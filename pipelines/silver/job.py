@@ -12,9 +12,11 @@ Exactly once without streaming state:
   under its own coordinates (a replay under a new checkpoint) is neither;
 - quarantine rows are appended only for (topic, partition, offset) not yet there.
 
-Deduplication has no time horizon: the lookup covers the whole table (its
-event_id and coordinate columns only), so a resend days later, or an id reused
-with another timestamp, is still caught.
+Deduplication has no time horizon, and costs what the batch touches: a resend
+carries its event's timestamp, so the lookup reads the batch's event-date partitions
+within its event-time span (`_held`) and catches a resend however late it comes. An
+id reused with another timestamp is caught by the sweep of `lakehouse reconcile`
+(`pipelines.silver.sweep`).
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 a silver table.
 
 The silver stream looks a batch's ids up in the event-date partitions its records
-name, so its cost is the batch's days, not the table's history. A resend carries its
-event's timestamp and is caught there; an id reused with another date is not. The
+name, within their event-time span, so its cost is the batch's, not the table's
+history. A resend carries its event's timestamp and is caught there; an id reused
+with another timestamp is not. The
 sweep finds those across the whole table (key columns only) and moves every copy but
 the first (by Kafka coordinates, as within a batch) to quarantine as a `duplicate`,
 then deletes it from silver: bronze = silver + quarantine holds again. Each moved
