@@ -78,6 +78,29 @@ def _spark_peak_mb(broker_pid: int | None) -> list[int]:
     return [round(rss_mb(pid)) for pid in _java_children() if pid != broker_pid]
 
 
+def _current_rss_mb(pid: int) -> int:
+    """Resident memory now (VmRSS) of a process, MiB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return round(int(line.split()[1]) / 1024)
+    return -1
+
+
+def _source_rows(settings, query: str, kafka_base: int) -> int:  # noqa: ANN001
+    """Rows the source of `query` holds now (Kafka: records since `kafka_base`)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from deltalake import DeltaTable
+
+    from pipelines.catalog import STREAMS, table
+
+    source = {s.query: s.source for s in STREAMS}[query]
+    if source == "kafka":
+        return _in_topics(settings) - kafka_base
+    actions = pa.table(DeltaTable(table(source).path(settings)).get_add_actions(flatten=True))
+    return int(pc.sum(actions["num_records"]).as_py() or 0)
+
+
 def _renice_spark(niceness: int) -> None:
     """Run the Spark driver JVM at a lower priority, every thread of it (Linux nice
     values are per thread; threads and Python workers started later inherit it)."""
@@ -177,6 +200,8 @@ def bench_ingest(records: int, reuse: bool = False, tag: str = "ingest", drains:
     started = time.monotonic()
     spark = build_spark(settings.spark)
     startup = time.monotonic() - started
+    # Every batch's progress kept: the all-live drain counts each query's rows.
+    spark.conf.set("spark.sql.streaming.numRecentProgressUpdates", "5000")
     layer_runs = {layer: _drains(spark, settings, layer, drains)
                   for layer in ("bronze", "silver", "gold")}
     live_s = _drain_all_live(spark, _settings(tag, {
@@ -318,10 +343,9 @@ def bench_freshness(seconds: int, rate: int, pipeline_nice: int = 0, warmup: int
     from deltalake import DeltaTable
     from kafka import KafkaProducer
 
-    from pipelines import bronze, catalog
-    from pipelines.gold import engagement
-    from pipelines.kafka.embedded import ensure_topics
-    from pipelines.silver import job as silver_job
+    from pipelines import catalog
+    from pipelines.kafka.embedded import ensure_topics, status
+    from pipelines.runner import start_layers
     from pipelines.spark import build_spark
 
     # From the end of the topics: they keep earlier runs' events, which would otherwise
@@ -330,11 +354,15 @@ def bench_freshness(seconds: int, rate: int, pipeline_nice: int = 0, warmup: int
                                    "LAKEHOUSE_STREAMING__STARTING_OFFSETS": "latest"})
     ensure_topics(settings.kafka)
     spark = build_spark(settings.spark)
+    # Every batch's progress kept, to count each query's rows over the whole run.
+    spark.conf.set("spark.sql.streaming.numRecentProgressUpdates", "5000")
     if pipeline_nice:
         _renice_spark(pipeline_nice)
-    queries = []
-    for start in (bronze.start, silver_job.start, engagement.start):
-        queries += start(spark, settings, False)
+    broker_pid = status(settings.kafka)["pid"]
+    [driver_pid] = [p for p in _java_children() if p != broker_pid]
+    kafka_base = _in_topics(settings)
+    # Every query of every layer, as `lakehouse stream` runs them.
+    queries = start_layers(spark, settings, ["bronze", "silver", "gold"])
     # Bronze resolves "latest" in its first batch: nothing may be sent before that.
     while queries[0].lastProgress is None:
         time.sleep(0.5)
@@ -377,9 +405,13 @@ def bench_freshness(seconds: int, rate: int, pipeline_nice: int = 0, warmup: int
 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
-    t_end = time.time() + seconds
+    t_start = time.time()
+    t_end = t_start + seconds
+    rss_at_thirds: list[int] = []
     i = 0
     while time.time() < t_end:
+        if time.time() >= t_start + (len(rss_at_thirds) + 1) * seconds / 3:
+            rss_at_thirds.append(_current_rss_mb(driver_pid))
         probe = f"probe-{uuid.uuid4().hex[:8]}"
         event = {"schemaVersion": 2, "eventId": str(uuid.uuid4()), "userId": "probe-user",
                  "action": "play", "mediaId": probe,
@@ -392,6 +424,14 @@ def bench_freshness(seconds: int, rate: int, pipeline_nice: int = 0, warmup: int
         i += 1
         time.sleep(5)
     load.wait(timeout=(warmup + seconds) * 3)
+    rss_at_thirds.append(_current_rss_mb(driver_pid))
+    # What each query has yet to take in when the load stops, in rows and in triggers'
+    # worth of the offered rate (2 s triggers).
+    backlog = {}
+    for q in queries:
+        taken = {p["batchId"]: p["numInputRows"] for p in q.recentProgress}
+        rows = max(0, _source_rows(settings, q.name, kafka_base) - sum(taken.values()))
+        backlog[q.name] = {"rows": rows, "triggers": round(rows / (rate * 2), 1)}
     # The pipeline may lag minutes behind the load: wait for the last probes that long.
     deadline = time.time() + max(180, seconds)
     while len(seen) < len(sent) and time.time() < deadline:
@@ -414,6 +454,10 @@ def bench_freshness(seconds: int, rate: int, pipeline_nice: int = 0, warmup: int
         "probes_seen": len(seen), "p50_s": pct(0.5), "p95_s": pct(0.95),
         "max_s": round(max(latencies), 1) if latencies else None,
         "simulator_exit_code": load.returncode,
+        "backlog_at_load_end": backlog,
+        # Streaming state: none in a state store (silver and gold are stateless; their
+        # state is the Delta tables), so the driver's memory is the figure to watch.
+        "driver_rss_mb_at_thirds_and_end": rss_at_thirds[:3] + rss_at_thirds[-1:],
         "load": _newest_manifest(TMP / "fresh" / "manifests"),
         # In the order sent: a steady pipeline keeps these flat, a falling-behind one grows.
         "latencies_in_send_order_s": [
@@ -670,7 +714,7 @@ def main() -> None:
                         help="history: records of the fixed micro-batch")
     parser.add_argument("--history-sizes", default="1000000,10000000,30000000",
                         help="history: rows held before the batch, comma-separated")
-    parser.add_argument("--fresh-seconds", type=int, default=120)
+    parser.add_argument("--fresh-seconds", type=int, default=600)
     parser.add_argument("--fresh-rate", type=int, default=5000)
     parser.add_argument("--fresh-warmup", type=int, default=60,
                         help="freshness: seconds of load before the first probe")
