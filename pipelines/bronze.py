@@ -8,8 +8,9 @@ from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
 from pipelines import catalog
-from pipelines.io.delta import delta_append_stream, ensure_table, start_with_trigger
+from pipelines.io.delta import ensure_table
 from pipelines.io.kafka_source import read_kafka_stream, require_topics
+from pipelines.io.streams import DeltaAppend, start_stream
 from pipelines.settings import Settings
 
 TABLE = catalog.BRONZE_EVENTS
@@ -53,10 +54,7 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
     records = read_kafka_stream(
         spark, settings.kafka.bootstrap, settings.kafka.source_topics, settings.streaming
     )
-    writer = delta_append_stream(
-        records.transform(to_bronze),
-        TABLE.path(settings),
-        settings.lakehouse.checkpoint(QUERY_NAME),
-        partition_by=TABLE.partition_by,
-    ).queryName(QUERY_NAME)
-    return [start_with_trigger(writer, available_now, settings.streaming.trigger, QUERY_NAME)]
+    sink = DeltaAppend(TABLE.path(settings), TABLE.partition_by)
+    return [start_stream(
+        settings, QUERY_NAME, records.transform(to_bronze), sink, available_now=available_now
+    )]

@@ -9,7 +9,15 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
-from pipelines.gold.health import HealthSink, alerts, host_status, service_minutes, start
+from pipelines.gold.health import (
+    HealthConf,
+    alerts,
+    ensure_tables,
+    host_status,
+    process_batch,
+    service_minutes,
+    start,
+)
 from pipelines.silver.tables import silver_schema
 
 EVENTS = silver_schema("system_event")
@@ -220,10 +228,11 @@ def test_health_stream_is_exact_with_out_of_order_events(spark, lake):
 
 def test_replayed_health_batch_changes_nothing(spark, lake):
     _append(spark, lake, FIRST)
-    sink = HealthSink.from_settings(lake.settings)
+    conf = HealthConf.from_settings(lake.settings)
+    ensure_tables(spark, conf)
     batch = spark.read.format("delta").load(_path(lake, "silver", "system_events"))
-    sink(batch, 0)
-    sink(batch, 0)
+    process_batch(batch, 0, conf)
+    process_batch(batch, 0, conf)
     _assert_tables(spark, lake, HOSTS_FIRST, [
         ("api", "10:00:00", 1, 0, 0, 95.0, 50.0, 1),
         ("api", "10:01:00", 1, 0, 0, 96.0, 50.0, 1),

@@ -13,8 +13,10 @@ from pyspark.testing import assertDataFrameEqual
 
 from pipelines.gold.notifications import (
     SCHEMA,
-    NotificationSink,
+    NotificationConf,
+    ensure_tables,
     fans,
+    process_batch,
     select_notifications,
     start,
 )
@@ -242,9 +244,10 @@ def test_notification_stream_writes_gold_and_topic_once(spark, kafka_lake):
 def test_replayed_batch_changes_nothing(spark, kafka_lake):
     _setup_history(spark, kafka_lake)
     uploads, _, table = _paths(kafka_lake)
-    sink = NotificationSink.from_settings(kafka_lake.settings)
+    conf = NotificationConf.from_settings(kafka_lake.settings)
+    ensure_tables(spark, conf)
     batch = spark.read.format("delta").load(uploads)
-    sink(batch, 0)
+    process_batch(batch, 0, conf)
     expected = notifications_df(spark, [
         ("u1", "m10", "c1", "2026-11-03 10:00:00"), ("u5", "m19", "c2", "2026-11-04 08:00:00"),
     ])
@@ -252,7 +255,7 @@ def test_replayed_batch_changes_nothing(spark, kafka_lake):
     messages = _consume(kafka_lake)
     assert [key for key, _ in messages] == ["u1", "u5"]
 
-    sink(batch, 0)
+    process_batch(batch, 0, conf)
     assertDataFrameEqual(spark.read.format("delta").load(table), expected)
     assert _consume(kafka_lake) == messages
 
@@ -260,6 +263,7 @@ def test_replayed_batch_changes_nothing(spark, kafka_lake):
 def test_no_sessions_table_means_no_fans(spark, lake):
     _append_uploads(spark, lake, [("e10", "m10", "c1", "2026-11-03 10:00:00")])
     uploads, sessions, table = _paths(lake)
-    NotificationSink.from_settings(lake.settings)(spark.read.format("delta").load(uploads), 0)
+    conf = NotificationConf.from_settings(lake.settings)
+    process_batch(spark.read.format("delta").load(uploads), 0, conf)
     assert not table_exists(spark, sessions)
     assert not table_exists(spark, table)

@@ -53,14 +53,8 @@ from pipelines.gold.transforms import (
     window_start,
 )
 from pipelines.io.concurrent import side_by_side
-from pipelines.io.conflicts import retrying_batches
-from pipelines.io.delta import (
-    TableLayoutError,
-    ensure_table,
-    merge_insert_new,
-    read_delta_stream,
-    start_with_trigger,
-)
+from pipelines.io.delta import TableLayoutError, ensure_table, merge_insert_new
+from pipelines.io.streams import read_delta_stream, start_stream
 from pipelines.settings import Settings
 from pipelines.silver.tables import ensure_silver_table, silver_schema
 
@@ -500,13 +494,10 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
     """Both engagement queries, each with its own checkpoint over silver.user_actions."""
     conf = EngagementConf.from_settings(settings)
     ensure_tables(spark, conf)
-    queries = []
-    for name, body in ((WINDOWS_QUERY_NAME, process_windows_batch), (QUERY_NAME, process_batch)):
-        writer = (
-            read_delta_stream(spark, conf.silver, settings.streaming)
-            .writeStream.queryName(name)
-            .option("checkpointLocation", settings.lakehouse.checkpoint(name))
-            .foreachBatch(retrying_batches(partial(body, conf=conf), settings.streaming))
+    return [
+        start_stream(
+            settings, name, read_delta_stream(spark, conf.silver, settings.streaming),
+            partial(body, conf=conf), available_now=available_now,
         )
-        queries.append(start_with_trigger(writer, available_now, settings.streaming.trigger, name))
-    return queries
+        for name, body in ((WINDOWS_QUERY_NAME, process_windows_batch), (QUERY_NAME, process_batch))
+    ]

@@ -31,8 +31,8 @@ have changed the minute's values.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import partial
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession, Window
@@ -41,8 +41,8 @@ from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
 from pipelines import catalog
-from pipelines.io.conflicts import retrying_batches
-from pipelines.io.delta import ensure_table, merge_insert_new, read_delta_stream, start_with_trigger
+from pipelines.io.delta import ensure_table, merge_insert_new, upsert
+from pipelines.io.streams import read_delta_stream, start_stream
 from pipelines.settings import Settings
 from pipelines.silver.tables import ensure_silver_table
 
@@ -185,39 +185,17 @@ def alerts(service_minutes: DataFrame, high_cpu_pct: float, high_cpu_minutes: in
     )
 
 
-def _merge_newer_host_status(target: DeltaTable, updates: DataFrame) -> None:
-    is_newer = (
-        "s.last_event_time > t.last_event_time OR "
-        "(s.last_event_time = t.last_event_time AND s.last_event_id > t.last_event_id)"
-    )
-    (
-        target.alias("t")
-        .merge(updates.alias("s"), _same_keys(HOST_STATUS.keys))
-        .whenMatchedUpdateAll(condition=is_newer)
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
-
-
-def _same_keys(keys: Sequence[str]) -> str:
-    """A MERGE condition: target `t` and source `s` rows have equal `keys`."""
-    return " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-
-
-def _upsert(target: DeltaTable, updates: DataFrame, keys: Sequence[str]) -> None:
-    (
-        target.alias("t")
-        .merge(updates.alias("s"), _same_keys(keys))
-        .whenMatchedUpdateAll()
-        .whenNotMatchedInsertAll()
-        .execute()
-    )
+# A host's row moves to a newer event only: (event_time, event_id) orders events the
+# same way whatever order they arrive in.
+_IS_NEWER = (
+    "s.last_event_time > t.last_event_time OR "
+    "(s.last_event_time = t.last_event_time AND s.last_event_id > t.last_event_id)"
+)
 
 
 @dataclass(frozen=True)
-class HealthSink:
-    """The foreachBatch function of the job; every write is a keyed MERGE, so replaying a
-    batch leaves the tables as they were."""
+class HealthConf:
+    """What the job needs, as plain values: table paths and the high-cpu rule."""
 
     source_path: str
     host_status_path: str
@@ -227,7 +205,7 @@ class HealthSink:
     high_cpu_minutes: int
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> HealthSink:
+    def from_settings(cls, settings: Settings) -> HealthConf:
         return cls(
             source_path=SOURCE.path(settings),
             host_status_path=HOST_STATUS.path(settings),
@@ -237,76 +215,85 @@ class HealthSink:
             high_cpu_minutes=settings.gold.high_cpu_minutes,
         )
 
-    def ensure_tables(self, spark: SparkSession) -> tuple[DeltaTable, DeltaTable, DeltaTable]:
-        def empty(schema: T.StructType) -> DataFrame:
-            return spark.createDataFrame([], schema)
 
-        return (
-            ensure_table(spark, self.host_status_path, empty(HOST_STATUS_SCHEMA), HOST_STATUS),
-            ensure_table(
-                spark, self.service_minute_path, empty(SERVICE_MINUTE_SCHEMA), SERVICE_MINUTE
-            ),
-            ensure_table(spark, self.alerts_path, empty(ALERT_SCHEMA), ALERTS),
-        )
+def ensure_tables(spark: SparkSession, conf: HealthConf) -> None:
+    """Create the three ops tables (and an empty silver source) if missing, once before
+    the stream: started beside silver, this job may come first, and an empty source
+    lets the stream begin instead of failing on a missing path."""
 
-    def __call__(self, events: DataFrame, batch_id: int) -> None:
-        spark = events.sparkSession
-        if events.isEmpty():
-            return
-        status_table, minute_table, alert_table = self.ensure_tables(spark)
-        events = events.persist()
-        try:
-            _merge_newer_host_status(status_table, host_status(events))
-            self._refresh_minutes(spark, events, minute_table)
-            self._raise_alerts(events, minute_table, alert_table)
-        finally:
-            events.unpersist()
+    def empty(schema: T.StructType) -> DataFrame:
+        return spark.createDataFrame([], schema)
 
-    def _refresh_minutes(self, spark: SparkSession, events: DataFrame, target: DeltaTable) -> None:
-        touched = events.select(F.col("service"), _minute().alias("minute")).distinct()
-        # Partition pruning: a touched minute lies in an event_date the batch has.
-        dates = [r["event_date"] for r in events.select("event_date").distinct().collect()]
-        all_events_of_touched = (
-            spark.read.format("delta").load(self.source_path)
-            .filter(F.col("event_date").isin(dates))
-            .withColumn("minute", _minute())
-            .join(touched, on=["service", "minute"], how="left_semi")
-            .drop("minute")
-        )
-        _upsert(target, service_minutes(all_events_of_touched), SERVICE_MINUTE.keys)
+    ensure_silver_table(spark, conf.source_path, "system_event")
+    ensure_table(spark, conf.host_status_path, empty(HOST_STATUS_SCHEMA), HOST_STATUS)
+    ensure_table(spark, conf.service_minute_path, empty(SERVICE_MINUTE_SCHEMA), SERVICE_MINUTE)
+    ensure_table(spark, conf.alerts_path, empty(ALERT_SCHEMA), ALERTS)
 
-    def _raise_alerts(self, events: DataFrame, minutes: DeltaTable, target: DeltaTable) -> None:
-        # A change at minute m can raise alerts at m .. m+n, each of which looks n minutes
-        # back: read [first touched - n, last touched + n] minutes, keep alerts from the
-        # first touched minute on (those whose look-back lies inside the slice).
-        n = self.high_cpu_minutes
-        reach = F.expr(f"INTERVAL {n} MINUTES")
-        bounds = events.groupBy("service").agg(
-            F.min(_minute()).alias("_first"), F.max(_minute()).alias("_last")
+
+def process_batch(events: DataFrame, batch_id: int, conf: HealthConf) -> None:
+    """foreachBatch body of `gold_health` (tables made by `ensure_tables`); every write
+    is a keyed MERGE, so replaying a batch leaves the tables as they were."""
+    spark = events.sparkSession
+    if events.isEmpty():
+        return
+    events = events.persist()
+    try:
+        upsert(
+            DeltaTable.forPath(spark, conf.host_status_path), host_status(events),
+            HOST_STATUS.keys, update_if=_IS_NEWER,
         )
-        in_reach = (F.col("minute") >= F.col("_first") - reach) & (
-            F.col("minute") <= F.col("_last") + reach
-        )
-        neighbourhood = minutes.toDF().join(bounds, on="service", how="inner").filter(in_reach)
-        raised = (
-            alerts(neighbourhood.drop("_first", "_last"), self.high_cpu_pct, n)
-            .join(bounds, on="service", how="inner")
-            .filter(F.col("minute") >= F.col("_first"))
-            .select(*ALERT_SCHEMA.fieldNames())
-        )
-        merge_insert_new(target, raised, ALERTS.keys)
+        minutes = DeltaTable.forPath(spark, conf.service_minute_path)
+        _refresh_minutes(spark, conf, events, minutes)
+        _raise_alerts(conf, events, minutes, DeltaTable.forPath(spark, conf.alerts_path))
+    finally:
+        events.unpersist()
+
+
+def _refresh_minutes(
+    spark: SparkSession, conf: HealthConf, events: DataFrame, target: DeltaTable
+) -> None:
+    touched = events.select(F.col("service"), _minute().alias("minute")).distinct()
+    # Partition pruning: a touched minute lies in an event_date the batch has.
+    dates = [r["event_date"] for r in events.select("event_date").distinct().collect()]
+    all_events_of_touched = (
+        spark.read.format("delta").load(conf.source_path)
+        .filter(F.col("event_date").isin(dates))
+        .withColumn("minute", _minute())
+        .join(touched, on=["service", "minute"], how="left_semi")
+        .drop("minute")
+    )
+    upsert(target, service_minutes(all_events_of_touched), SERVICE_MINUTE.keys)
+
+
+def _raise_alerts(
+    conf: HealthConf, events: DataFrame, minutes: DeltaTable, target: DeltaTable
+) -> None:
+    # A change at minute m can raise alerts at m .. m+n, each of which looks n minutes
+    # back: read [first touched - n, last touched + n] minutes, keep alerts from the
+    # first touched minute on (those whose look-back lies inside the slice).
+    n = conf.high_cpu_minutes
+    reach = F.expr(f"INTERVAL {n} MINUTES")
+    bounds = events.groupBy("service").agg(
+        F.min(_minute()).alias("_first"), F.max(_minute()).alias("_last")
+    )
+    in_reach = (F.col("minute") >= F.col("_first") - reach) & (
+        F.col("minute") <= F.col("_last") + reach
+    )
+    neighbourhood = minutes.toDF().join(bounds, on="service", how="inner").filter(in_reach)
+    raised = (
+        alerts(neighbourhood.drop("_first", "_last"), conf.high_cpu_pct, n)
+        .join(bounds, on="service", how="inner")
+        .filter(F.col("minute") >= F.col("_first"))
+        .select(*ALERT_SCHEMA.fieldNames())
+    )
+    merge_insert_new(target, raised, ALERTS.keys)
 
 
 def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[StreamingQuery]:
-    sink = HealthSink.from_settings(settings)
-    # Started beside silver, this job may come first: an empty source table lets the
-    # stream begin instead of failing on a missing path.
-    ensure_silver_table(spark, sink.source_path, "system_event")
-    sink.ensure_tables(spark)
-    writer = (
-        read_delta_stream(spark, sink.source_path, settings.streaming)
-        .writeStream.foreachBatch(retrying_batches(sink, settings.streaming))
-        .option("checkpointLocation", settings.lakehouse.checkpoint(QUERY_NAME))
-        .queryName(QUERY_NAME)
-    )
-    return [start_with_trigger(writer, available_now, settings.streaming.trigger, QUERY_NAME)]
+    conf = HealthConf.from_settings(settings)
+    ensure_tables(spark, conf)
+    events = read_delta_stream(spark, conf.source_path, settings.streaming)
+    return [start_stream(
+        settings, QUERY_NAME, events, partial(process_batch, conf=conf),
+        available_now=available_now,
+    )]

@@ -33,7 +33,9 @@ hold a notification that the table never records.)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
+from delta.tables import DeltaTable
 from kafka import KafkaProducer
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -41,14 +43,8 @@ from pyspark.sql import types as T
 from pyspark.sql.streaming import StreamingQuery
 
 from pipelines import catalog
-from pipelines.io.conflicts import retrying_batches
-from pipelines.io.delta import (
-    ensure_table,
-    merge_insert_new,
-    read_delta_stream,
-    start_with_trigger,
-    table_exists,
-)
+from pipelines.io.delta import ensure_table, merge_insert_new, table_exists
+from pipelines.io.streams import read_delta_stream, start_stream
 from pipelines.schemas.registry import latest_version
 from pipelines.settings import Settings
 from pipelines.silver.tables import ensure_silver_table
@@ -194,8 +190,8 @@ def publish(
 
 
 @dataclass(frozen=True)
-class NotificationSink:
-    """The foreachBatch function of the job: new notifications -> Kafka, then gold."""
+class NotificationConf:
+    """What the job needs, as plain values: table paths, the topic and the rules."""
 
     table_path: str
     uploads_path: str
@@ -207,7 +203,7 @@ class NotificationSink:
     send_timeout_s: float
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> NotificationSink:
+    def from_settings(cls, settings: Settings) -> NotificationConf:
         return cls(
             table_path=TABLE.path(settings),
             uploads_path=UPLOADS.path(settings),
@@ -219,47 +215,51 @@ class NotificationSink:
             send_timeout_s=settings.notifications.send_timeout_s,
         )
 
-    def __call__(self, uploads: DataFrame, batch_id: int) -> None:
-        spark = uploads.sparkSession
-        # No sessions table yet means nobody has completed anything: no fans.
-        if uploads.isEmpty() or not table_exists(spark, self.sessions_path):
-            return
-        target = ensure_table(spark, self.table_path, spark.createDataFrame([], SCHEMA), TABLE)
-        candidates = fans(
-            spark.read.format("delta").load(self.sessions_path),
-            spark.read.format("delta").load(self.uploads_path),
-            uploads,
-            self.fan_min_days,
-        )
-        # Materialised once so that what is sent is exactly what is merged, even if the
-        # sessions table moves on while this batch runs.
-        new = select_notifications(candidates, target.toDF(), self.max_per_day).localCheckpoint()
-        messages = (
-            new.orderBy("created_at", "media_id", "user_id").transform(to_messages).collect()
-        )
-        if not messages:
-            return
-        publish(
-            self.bootstrap,
-            self.topic,
-            [(m["key"], m["value"]) for m in messages],
-            self.send_timeout_s,
-        )
-        merge_insert_new(target, new, TABLE.keys)
+
+def ensure_tables(spark: SparkSession, conf: NotificationConf) -> None:
+    """Create gold.notifications (and an empty silver source) if missing, once before
+    the stream: started beside silver, this job may come first, and an empty source
+    lets the stream begin instead of failing on a missing path."""
+    ensure_silver_table(spark, conf.uploads_path, "content_upload")
+    ensure_table(spark, conf.table_path, spark.createDataFrame([], SCHEMA), TABLE)
+
+
+def process_batch(uploads: DataFrame, batch_id: int, conf: NotificationConf) -> None:
+    """foreachBatch body of `gold_notifications` (tables made by `ensure_tables`): new
+    notifications -> Kafka, then gold."""
+    spark = uploads.sparkSession
+    # No sessions table yet means nobody has completed anything: no fans.
+    if uploads.isEmpty() or not table_exists(spark, conf.sessions_path):
+        return
+    target = DeltaTable.forPath(spark, conf.table_path)
+    candidates = fans(
+        spark.read.format("delta").load(conf.sessions_path),
+        spark.read.format("delta").load(conf.uploads_path),
+        uploads,
+        conf.fan_min_days,
+    )
+    # Materialised once so that what is sent is exactly what is merged, even if the
+    # sessions table moves on while this batch runs.
+    new = select_notifications(candidates, target.toDF(), conf.max_per_day).localCheckpoint()
+    messages = (
+        new.orderBy("created_at", "media_id", "user_id").transform(to_messages).collect()
+    )
+    if not messages:
+        return
+    publish(
+        conf.bootstrap,
+        conf.topic,
+        [(m["key"], m["value"]) for m in messages],
+        conf.send_timeout_s,
+    )
+    merge_insert_new(target, new, TABLE.keys)
 
 
 def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[StreamingQuery]:
-    uploads_path = UPLOADS.path(settings)
-    # Started beside silver, this job may come first: an empty source table lets the
-    # stream begin instead of failing on a missing path.
-    ensure_silver_table(spark, uploads_path, "content_upload")
-    ensure_table(spark, TABLE.path(settings), spark.createDataFrame([], SCHEMA), TABLE)
-    writer = (
-        read_delta_stream(spark, uploads_path, settings.streaming)
-        .writeStream.foreachBatch(
-            retrying_batches(NotificationSink.from_settings(settings), settings.streaming)
-        )
-        .option("checkpointLocation", settings.lakehouse.checkpoint(QUERY_NAME))
-        .queryName(QUERY_NAME)
-    )
-    return [start_with_trigger(writer, available_now, settings.streaming.trigger, QUERY_NAME)]
+    conf = NotificationConf.from_settings(settings)
+    ensure_tables(spark, conf)
+    uploads = read_delta_stream(spark, conf.uploads_path, settings.streaming)
+    return [start_stream(
+        settings, QUERY_NAME, uploads, partial(process_batch, conf=conf),
+        available_now=available_now,
+    )]

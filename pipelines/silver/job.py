@@ -30,8 +30,8 @@ from pyspark.sql.streaming import StreamingQuery
 
 from pipelines import catalog
 from pipelines.io.concurrent import side_by_side
-from pipelines.io.conflicts import retrying_batches
-from pipelines.io.delta import append_once, ensure_table, read_delta_stream, start_with_trigger
+from pipelines.io.delta import append_once, ensure_table
+from pipelines.io.streams import read_delta_stream, start_stream
 from pipelines.settings import Settings
 from pipelines.silver.fastpath import fast_classify, fast_events, fast_keys, suspects
 from pipelines.silver.tables import (
@@ -291,11 +291,7 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
     ensure_bronze(spark, settings)
     ensure_silver(spark, settings)
     bronze = read_delta_stream(spark, catalog.BRONZE_EVENTS.path(settings), settings.streaming)
-    writer = (
-        bronze.writeStream.queryName(QUERY_NAME)
-        .foreachBatch(retrying_batches(
-            lambda df, batch_id: process_batch(df, batch_id, settings), settings.streaming
-        ))
-        .option("checkpointLocation", settings.lakehouse.checkpoint(QUERY_NAME))
-    )
-    return [start_with_trigger(writer, available_now, settings.streaming.trigger, QUERY_NAME)]
+    return [start_stream(
+        settings, QUERY_NAME, bronze, partial(process_batch, settings=settings),
+        available_now=available_now,
+    )]
