@@ -21,8 +21,8 @@ $(STAMP): pyproject.toml constraints.txt
 
 jars: $(JARS_STAMP)
 
-$(JARS_STAMP): $(STAMP) conf/base.yaml conf/local.yaml pipelines/jars.py pipelines/jvm.py $(shell find pipelines/silver/jvm -name "*.java")
-	$(PY) -m pipelines.prefetch
+$(JARS_STAMP): $(STAMP) conf/base.yaml conf/local.yaml pipelines/runtime/jars.py pipelines/runtime/jvm.py $(shell find pipelines/silver/jvm -name "*.java")
+	$(PY) -m pipelines.runtime.prefetch
 	@touch $(JARS_STAMP)
 
 run: jars

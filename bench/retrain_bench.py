@@ -34,9 +34,9 @@ from pyspark.sql import functions as F
 
 from pipelines import catalog
 from pipelines.features import retrain
+from pipelines.runtime.spark import build_spark
 from pipelines.settings import load_settings
 from pipelines.silver.tables import silver_schema
-from pipelines.spark import build_spark
 
 RESULTS = Path(__file__).resolve().parent / "results" / "retrain.json"
 GENRES = 8

@@ -73,7 +73,7 @@ def _java_children() -> list[int]:
 def _spark_peak_mb(broker_pid: int | None) -> list[int]:
     """Peak RSS (VmHWM) of the Spark driver JVM(s) started by this Python process: its
     java children but the broker, which the bench starts itself when none runs."""
-    from pipelines.kafka.embedded import rss_mb
+    from pipelines.runtime.kafka.embedded import rss_mb
 
     return [round(rss_mb(pid)) for pid in _java_children() if pid != broker_pid]
 
@@ -112,8 +112,8 @@ def _renice_spark(niceness: int) -> None:
 
 def bench_simulate(records: int) -> None:
     """The simulator's produce rate vs Kafka's own kafka-producer-perf-test."""
-    from pipelines import jars
-    from pipelines.kafka.embedded import broker_coordinates, ensure_topics
+    from pipelines.runtime import jars
+    from pipelines.runtime.kafka.embedded import broker_coordinates, ensure_topics
     from pipelines.simulate.producer import simulate
 
     settings = _settings("simulate")
@@ -142,7 +142,7 @@ def bench_simulate(records: int) -> None:
 
 
 def _drain(spark, settings, layers: list[str]) -> float:  # noqa: ANN001
-    from pipelines.runner import run_layers
+    from pipelines.runtime.runner import run_layers
 
     started = time.monotonic()
     run_layers(spark, settings, layers, available_now=True, report=lambda _: None)
@@ -174,9 +174,9 @@ def bench_ingest(records: int, reuse: bool = False, tag: str = "ingest", drains:
     scratch in one JVM: the first pays the JIT, the later show the steady rate), and
     all layers live in one driver from an empty lakehouse. With `reuse`, the records
     are whatever an earlier run left in the bench topics."""
-    from pipelines.kafka.embedded import _classpath, ensure_topics, rss_mb, status
+    from pipelines.runtime.kafka.embedded import _classpath, ensure_topics, rss_mb, status
+    from pipelines.runtime.spark import build_spark
     from pipelines.simulate.producer import simulate
-    from pipelines.spark import build_spark
 
     from .peer import consumer_performance, python_peer
 
@@ -259,7 +259,7 @@ def _drain_all_live(spark, settings, records: int) -> float:  # noqa: ANN001
     from deltalake import DeltaTable
 
     from pipelines import catalog
-    from pipelines.runner import start_layers
+    from pipelines.runtime.runner import start_layers
 
     shutil.rmtree(settings.lakehouse.root, ignore_errors=True)
     sources = {s.query: s.source for s in catalog.STREAMS}
@@ -344,9 +344,9 @@ def bench_freshness(seconds: int, rate: int, pipeline_nice: int = 0, warmup: int
     from kafka import KafkaProducer
 
     from pipelines import catalog
-    from pipelines.kafka.embedded import ensure_topics, status
-    from pipelines.runner import start_layers
-    from pipelines.spark import build_spark
+    from pipelines.runtime.kafka.embedded import ensure_topics, status
+    from pipelines.runtime.runner import start_layers
+    from pipelines.runtime.spark import build_spark
 
     # From the end of the topics: they keep earlier runs' events, which would otherwise
     # be a backlog in front of this run's.
@@ -627,9 +627,9 @@ def bench_history(batch_records: int, sizes: list[int]) -> None:
     from pyspark.sql import functions as F
 
     from pipelines.gold import engagement
+    from pipelines.runtime.spark import build_spark
     from pipelines.silver import job as silver_job
     from pipelines.silver.tables import QUARANTINE, TABLES
-    from pipelines.spark import build_spark
 
     settings = _settings("history")
     spark = build_spark(settings.spark)
@@ -730,7 +730,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.drains < 2:
         parser.error("--drains must be at least 2 (a cold drain, then warm ones)")
-    from pipelines.kafka import embedded
+    from pipelines.runtime.kafka import embedded
     from pipelines.settings import load_settings
 
     shutil.rmtree(TMP, ignore_errors=True)  # the lakehouse only; Kafka topics stay

@@ -1,8 +1,8 @@
 """spark-submit entry point: the `lakehouse` command line as a Spark application.
 
     spark-submit --master spark://master:7077 \\
-      --packages "$(python -m pipelines.prefetch --coordinates conf/cluster.yaml)" \\
-      --jars "$(python -m pipelines.prefetch --project-jar)" \\
+      --packages "$(python -m pipelines.runtime.prefetch --coordinates conf/cluster.yaml)" \\
+      --jars "$(python -m pipelines.runtime.prefetch --project-jar)" \\
       jobs/lakehouse_job.py stream --conf conf/cluster.yaml --layers bronze
 
 conf/cluster.yaml (or your copy of it) is an overlay of conf/base.yaml; --coordinates

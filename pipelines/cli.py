@@ -33,10 +33,10 @@ class UserError(Exception):
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     from pipelines.io.delta import TableLayoutError
-    from pipelines.jars import JarFetchError
-    from pipelines.jvm import JvmBuildError
-    from pipelines.kafka.embedded import BrokerError
     from pipelines.quality.suites import SuiteError
+    from pipelines.runtime.jars import JarFetchError
+    from pipelines.runtime.jvm import JvmBuildError
+    from pipelines.runtime.kafka.embedded import BrokerError
     from pipelines.settings import SettingsError
 
     return (
@@ -81,7 +81,7 @@ _spark_log: list[Path] = []
 
 
 def _spark(settings: Settings) -> SparkSession:
-    from pipelines.spark import build_spark, log_file
+    from pipelines.runtime.spark import build_spark, log_file
 
     log = log_file(settings.spark)
     _spark_log.append(log)
@@ -95,7 +95,7 @@ def _spark(settings: Settings) -> SparkSession:
 @command
 def up(conf: Path | None = ConfOption) -> None:
     """Start the embedded single-node Kafka (KRaft) and create the topics."""
-    from pipelines.kafka import embedded
+    from pipelines.runtime.kafka import embedded
 
     print(embedded.up(_settings(conf).kafka))
 
@@ -104,7 +104,7 @@ def up(conf: Path | None = ConfOption) -> None:
 @command
 def down(conf: Path | None = ConfOption) -> None:
     """Stop the embedded Kafka."""
-    from pipelines.kafka import embedded
+    from pipelines.runtime.kafka import embedded
 
     print(embedded.down(_settings(conf).kafka))
 
@@ -122,7 +122,7 @@ def stream(
     ),
 ) -> None:
     """Run the streaming jobs (bronze -> silver -> gold)."""
-    from pipelines.runner import parse_layers, run_layers
+    from pipelines.runtime.runner import parse_layers, run_layers
 
     settings = _settings(conf)
     try:
@@ -288,9 +288,9 @@ def demo(
 
     from pipelines.features.retrain import run as run_retrain
     from pipelines.gold.reconcile import reconcile as run_reconcile
-    from pipelines.kafka import embedded
     from pipelines.ops.accounting import accounting
-    from pipelines.runner import run_layers
+    from pipelines.runtime.kafka import embedded
+    from pipelines.runtime.runner import run_layers
     from pipelines.simulate.producer import simulate as run_simulation
 
     settings = _settings(conf)

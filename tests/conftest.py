@@ -74,7 +74,7 @@ def broker_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def kafka(broker_env: dict[str, str]) -> Iterator[Settings]:
     """A real KRaft broker for the whole run, stopped at the end."""
-    from pipelines.kafka import embedded
+    from pipelines.runtime.kafka import embedded
 
     settings = load_settings(env=broker_env)
     embedded.up(settings.kafka)
@@ -86,7 +86,7 @@ def kafka(broker_env: dict[str, str]) -> Iterator[Settings]:
 
 @pytest.fixture(scope="session")
 def spark(broker_env: dict[str, str]):  # noqa: ANN201
-    from pipelines.spark import build_spark
+    from pipelines.runtime.spark import build_spark
 
     session = build_spark(load_settings(env=broker_env).spark)
     yield session
@@ -140,7 +140,7 @@ def small_lakehouse(
 @pytest.fixture
 def kafka_lake(kafka: Settings, lake: Lake) -> Lake:
     """`lake` with its topics created on the session broker."""
-    from pipelines.kafka.embedded import ensure_topics
+    from pipelines.runtime.kafka.embedded import ensure_topics
 
     ensure_topics(lake.settings.kafka)
     return lake

@@ -15,7 +15,7 @@ from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
 from pipelines.bronze import to_bronze
-from pipelines.runner import run_layers
+from pipelines.runtime.runner import run_layers
 
 N_RECORDS = 10_000
 

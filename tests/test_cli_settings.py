@@ -165,7 +165,7 @@ def test_cli_user_error_is_one_line_exit_1(tmp_path: Path) -> None:
 
 def test_cli_missing_jdk_is_one_line_exit_1(tmp_path: Path, monkeypatch) -> None:
     """The project jar is compiled before Spark starts: no javac is a user error."""
-    from pipelines import jvm
+    from pipelines.runtime import jvm
 
     monkeypatch.setattr(jvm, "JAR_CACHE", tmp_path / "jars")
     monkeypatch.setattr(jvm.shutil, "which", lambda _: None)
@@ -204,8 +204,8 @@ def test_schemas_check_exit_codes(tmp_path: Path) -> None:
 def test_fair_pools_become_an_allocation_file() -> None:
     import xml.etree.ElementTree as ET
 
+    from pipelines.runtime.spark import fair_pools_xml
     from pipelines.settings import PoolSettings
-    from pipelines.spark import fair_pools_xml
 
     xml = fair_pools_xml({"silver_events": PoolSettings(weight=2, min_share=2),
                           'odd "name" <&>': PoolSettings()})

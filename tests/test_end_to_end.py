@@ -28,8 +28,8 @@ def _read(lake: Lake, layer: str, table: str) -> pd.DataFrame:
 def pipeline_run(request, kafka, broker_env, tmp_path_factory):  # noqa: ANN001, ANN201
     """Simulate, then drain every layer in several micro-batches, then reconcile."""
     from pipelines.gold.reconcile import reconcile
-    from pipelines.kafka.embedded import ensure_topics
-    from pipelines.runner import run_layers
+    from pipelines.runtime.kafka.embedded import ensure_topics
+    from pipelines.runtime.runner import run_layers
     from pipelines.settings import load_settings
     from pipelines.simulate.producer import simulate
 

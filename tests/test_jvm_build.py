@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import jvm
-from pipelines.spark import pyspark_jars_dir
+from pipelines.runtime import jvm
+from pipelines.runtime.spark import pyspark_jars_dir
 
 
 def _sources(tmp_path: Path, body: str) -> Path:

@@ -248,7 +248,7 @@ def _delta_versions(path: str) -> int:
 
 @pytest.mark.slow
 def test_silver_survives_sigkill_mid_batch(spark, kafka_lake) -> None:
-    from pipelines.runner import run_layers
+    from pipelines.runtime.runner import run_layers
     from pipelines.simulate.producer import simulate
 
     manifest = simulate(kafka_lake.settings, 12_000, seed=3, progress=False)

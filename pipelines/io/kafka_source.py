@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pyspark.sql import DataFrame, SparkSession
 
-from pipelines.kafka.embedded import BrokerError
+from pipelines.runtime.kafka.embedded import BrokerError
 from pipelines.settings import StreamingSettings
 
 

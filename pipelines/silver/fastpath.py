@@ -97,7 +97,7 @@ def _register(spark: SparkSession, event_type: str, version: int) -> str:
         raise RuntimeError(
             f"{_JAVA_CLASS} is not on Spark's classpath: silver's fast path is the "
             "project's own jar; with fetch_jars: false give it to spark-submit as "
-            "--jars \"$(python -m pipelines.prefetch --project-jar)\""
+            "--jars \"$(python -m pipelines.runtime.prefetch --project-jar)\""
         )
     schema = _json_schema(event_type, version)
     spec = _spec(schema)

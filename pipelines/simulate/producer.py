@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from pipelines.kafka.embedded import BrokerError
+from pipelines.runtime.kafka.embedded import BrokerError
 from pipelines.settings import Settings
 from pipelines.simulate.generator import ManifestBuilder, SimRecord, generate
 

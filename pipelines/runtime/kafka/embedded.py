@@ -15,7 +15,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines import jars
+from pipelines.runtime import jars
 from pipelines.settings import EmbeddedKafkaSettings, KafkaSettings
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import sys
 
-from pipelines import jars, jvm
-from pipelines.kafka.embedded import broker_coordinates
+from pipelines.runtime import jars, jvm
+from pipelines.runtime.kafka.embedded import broker_coordinates
+from pipelines.runtime.spark import pyspark_jars_dir
 from pipelines.settings import load_settings
-from pipelines.spark import pyspark_jars_dir
 
 
 def main() -> None:

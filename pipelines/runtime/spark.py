@@ -15,8 +15,8 @@ from xml.sax.saxutils import quoteattr
 from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
-from pipelines import jars, jvm
 from pipelines.catalog import STREAMS
+from pipelines.runtime import jars, jvm
 from pipelines.settings import PoolSettings, SparkSettings
 
 

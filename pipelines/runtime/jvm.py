@@ -17,9 +17,9 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from pipelines.jars import JAR_CACHE
+from pipelines.runtime.jars import JAR_CACHE
 
-SOURCES = Path(__file__).parent / "silver" / "jvm"
+SOURCES = Path(__file__).parents[1] / "silver" / "jvm"
 
 
 class JvmBuildError(RuntimeError):

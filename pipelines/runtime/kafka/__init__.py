@@ -1,0 +1,1 @@
+"""The embedded single-node Kafka broker (`embedded`) for local runs and tests."""
