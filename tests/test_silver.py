@@ -18,9 +18,10 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from pipelines.schemas.registry import v1_event_id
+from pipelines.silver.classify import classify_records, to_events
+from pipelines.silver.dedup import rank_in_batch
 from pipelines.silver.fastpath import fast_classify
 from pipelines.silver.job import ensure_silver, process_batch
-from pipelines.silver.transforms import classify_records, rank_in_batch, to_events
 
 UA, CU = "media.user-actions", "media.content-uploads"
 TOPIC_TYPES = {UA: "user_action", CU: "content_upload"}

@@ -12,8 +12,8 @@ from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
 from pipelines.settings import load_settings
+from pipelines.silver.classify import classify_records, to_events
 from pipelines.silver.fastpath import fast_classify, fast_events, fast_versions, suspects
-from pipelines.silver.transforms import classify_records, to_events
 from pipelines.simulate.generator import generate
 
 UA, CU, SE = "ua", "cu", "se"

@@ -1,5 +1,6 @@
-"""The silver classifier's JVM fast path: records that are certainly valid are typed
-(and upcast) in the JVM; only the rest go to the Python classifier.
+"""The silver classifier's fast half (`classify` runs both halves): records that are
+certainly valid are typed (and upcast) in the JVM; only the rest go to the Python
+classifier (`classify.classify_records`).
 
 A record of event type E takes the fast path under version V when its bytes are
 UTF-8 and within the size limit and `JsonSchemaFastPath` (Java, in `jvm/`) accepts
@@ -39,10 +40,15 @@ from pipelines.schemas.registry import (
     latest_version,
     versions,
 )
-from pipelines.silver.tables import event_columns
-from pipelines.silver.transforms import as_silver_rows
+from pipelines.silver.tables import (
+    SOURCE,
+    as_silver_rows,
+    coordinates,
+    event_columns,
+    renamed_coordinates,
+)
 
-BRONZE_COLUMNS = ["topic", "partition", "offset", "value"]
+BRONZE_COLUMNS = [*coordinates(), "value"]
 
 # Keywords that describe rather than constrain.
 _ANNOTATIONS = {"$schema", "title", "description"}
@@ -285,7 +291,7 @@ def fast_column(event_type: str) -> str:
 
 def fast_events(fast: DataFrame, event_type: str) -> DataFrame:
     """Rows that took the fast path as their silver table's rows (shape of
-    `transforms.to_events`)."""
+    `classify.to_events`)."""
     column = fast_column(event_type)
     typed = fast.filter(F.col(column).isNotNull())
     return as_silver_rows(typed, [F.col(f"{column}.*")], event_type)
@@ -299,9 +305,7 @@ def fast_keys(fast: DataFrame) -> DataFrame:
         F.col("_event_id").alias("event_id"),
         F.col("_event_time").alias("event_time"),
         F.col("_event_date").alias("event_date"),
-        F.col("topic").alias("source_topic"),
-        F.col("partition").alias("source_partition"),
-        F.col("offset").alias("source_offset"),
+        *renamed_coordinates("", SOURCE),
     )
 
 

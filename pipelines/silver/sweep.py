@@ -22,12 +22,20 @@ from pyspark.sql import types as T
 from pipelines import catalog
 from pipelines.io.delta import ensure_table, merge_insert_new
 from pipelines.settings import Settings
-from pipelines.silver.job import ensure_silver, same_record
-from pipelines.silver.tables import QUARANTINE, SOURCE_COLUMNS, TABLES
-from pipelines.silver.transforms import duplicate_rows, rank_in_batch, repeated_ids
+from pipelines.silver.dedup import FIRST, duplicate_rows, rank_in_batch, repeated_ids, same_record
+from pipelines.silver.job import ensure_silver
+from pipelines.silver.tables import (
+    QUARANTINE,
+    SOURCE,
+    SOURCE_COLUMNS,
+    TABLES,
+    coordinate_fields,
+    coordinates,
+    renamed_coordinates,
+)
 
 SWEEPS = catalog.OPS_DUPLICATE_SWEEPS
-COORDS = SOURCE_COLUMNS.fieldNames()
+COORDS = coordinates(SOURCE)
 # What a moved user action fed gold (the columns of its keys there); null for others.
 GOLD_KEYS = [("user_id", T.StringType()), ("media_id", T.StringType()),
              ("event_time", T.TimestampType()), ("event_date", T.DateType())]
@@ -35,9 +43,7 @@ SWEEPS_SCHEMA = T.StructType([
     T.StructField("event_type", T.StringType(), False),
     T.StructField("event_id", T.StringType(), False),
     *SOURCE_COLUMNS.fields,
-    T.StructField("first_topic", T.StringType(), False),
-    T.StructField("first_partition", T.IntegerType(), False),
-    T.StructField("first_offset", T.LongType(), False),
+    *coordinate_fields(FIRST),
     *(T.StructField(name, kind, True) for name, kind in GOLD_KEYS),
     T.StructField("swept_at", T.TimestampType(), False),
     # Set once gold has been recomputed without the moved row (by reconcile).
@@ -50,7 +56,7 @@ def later_copies(events: DataFrame) -> DataFrame:
     except the first copy of each; `first_*` names the copy kept."""
     keys = events.select("event_id", *COORDS)
     ranked = rank_in_batch(keys, repeated_ids(keys))
-    return ranked.filter(~same_record("source_", "first_"))
+    return ranked.filter(~same_record(SOURCE, FIRST))
 
 
 def _log(silver: DataFrame, later: DataFrame, event_type: str) -> DataFrame:
@@ -60,7 +66,7 @@ def _log(silver: DataFrame, later: DataFrame, event_type: str) -> DataFrame:
     rows = silver.select(*COORDS, *keys).join(F.broadcast(later), on=COORDS, how="inner")
     return rows.select(
         F.lit(event_type).alias("event_type"), "event_id", *COORDS,
-        "first_topic", "first_partition", "first_offset", *(name for name, _ in GOLD_KEYS),
+        *coordinates(FIRST), *(name for name, _ in GOLD_KEYS),
         F.current_timestamp().alias("swept_at"), F.lit(None).cast("timestamp").alias(
             "reconciled_at"),
     )
@@ -68,10 +74,9 @@ def _log(silver: DataFrame, later: DataFrame, event_type: str) -> DataFrame:
 
 def _quarantine_rows(spark: SparkSession, settings: Settings, later: DataFrame) -> DataFrame:
     """`later` as quarantine rows, their raw values read back from bronze."""
-    coords = [F.col(c.removeprefix("source_")).alias(c) for c in COORDS]
     values = (
         spark.read.format("delta").load(catalog.BRONZE_EVENTS.path(settings))
-        .select(*coords, "value")
+        .select(*renamed_coordinates("", SOURCE), "value")
         .join(F.broadcast(later.select(*COORDS)), on=COORDS, how="left_semi")
     )
     return duplicate_rows(later.join(values, on=COORDS, how="inner"))

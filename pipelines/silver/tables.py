@@ -1,4 +1,5 @@
-"""Silver table schemas, derived from the latest event schema in `schemas/`.
+"""Silver table schemas, derived from the latest event schema in `schemas/`, and the
+Kafka coordinates that name a record in them.
 
 Wire names are camelCase; silver columns are their snake_case form, except
 the two that change meaning: `timestamp` becomes `event_time` and
@@ -10,7 +11,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from pyspark.sql import SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
+from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines import catalog
@@ -43,11 +45,36 @@ TABLES = (
 BY_TABLE = {t.table: t for t in TABLES}
 
 _RENAMES = {"timestamp": "event_time", "schemaVersion": "schema_version"}
-SOURCE_COLUMNS = T.StructType([
-    T.StructField("source_topic", T.StringType(), False),
-    T.StructField("source_partition", T.IntegerType(), False),
-    T.StructField("source_offset", T.LongType(), False),
+
+# A record's Kafka coordinates, its identity. Bronze and the quarantine name them bare;
+# a silver row names its own record's under SOURCE, and the dedup names another
+# record's under a prefix of its own (`dedup.FIRST`, `dedup.HELD`).
+_COORDINATES = T.StructType([
+    T.StructField("topic", T.StringType(), False),
+    T.StructField("partition", T.IntegerType(), False),
+    T.StructField("offset", T.LongType(), False),
 ])
+SOURCE = "source_"
+
+
+def coordinates(prefix: str = "") -> list[str]:
+    """The names of the coordinate columns under `prefix`, in (topic, partition,
+    offset) order."""
+    return [f"{prefix}{name}" for name in _COORDINATES.fieldNames()]
+
+
+def coordinate_fields(prefix: str = "") -> list[T.StructField]:
+    """The coordinate columns under `prefix`, typed."""
+    return [T.StructField(f"{prefix}{f.name}", f.dataType, f.nullable)
+            for f in _COORDINATES.fields]
+
+
+def renamed_coordinates(old: str, new: str) -> list[Column]:
+    """The coordinate columns under prefix `old`, renamed to prefix `new`."""
+    return [F.col(a).alias(b) for a, b in zip(coordinates(old), coordinates(new), strict=True)]
+
+
+SOURCE_COLUMNS = T.StructType(coordinate_fields(SOURCE))
 
 
 def snake_case(name: str) -> str:
@@ -73,10 +100,22 @@ def silver_schema(event_type: str) -> T.StructType:
     ])
 
 
+def as_silver_rows(records: DataFrame, event: list[Column], event_type: str) -> DataFrame:
+    """Records with Kafka coordinates + the columns of their typed `event` -> rows of
+    the event type's silver table, in its column order."""
+    return (
+        records.select(
+            *event,
+            *renamed_coordinates("", SOURCE),
+            F.current_timestamp().alias("processed_at"),
+        )
+        .withColumn("event_date", F.to_date("event_time"))
+        .select(*silver_schema(event_type).fieldNames())
+    )
+
+
 QUARANTINE_SCHEMA = T.StructType([
-    T.StructField("topic", T.StringType(), False),
-    T.StructField("partition", T.IntegerType(), False),
-    T.StructField("offset", T.LongType(), False),
+    *coordinate_fields(),
     T.StructField("value", T.BinaryType(), True),  # the bytes as Kafka delivered them
     T.StructField("error_code", T.StringType(), False),
     T.StructField("error_detail", T.StringType(), False),
