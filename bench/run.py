@@ -22,6 +22,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -738,15 +739,27 @@ def main() -> None:
     shutil.rmtree(TMP, ignore_errors=True)  # the lakehouse only; Kafka topics stay
     print(embedded.up(load_settings().kafka))
     chosen = args.only.split(",")
-    if "simulate" in chosen:
-        bench_simulate(args.records)
-    if "ingest" in chosen:
-        bench_ingest(args.records, reuse=args.reuse, tag=args.ingest_tag, drains=args.drains)
-    if "history" in chosen:
-        bench_history(args.history_batch, [int(n) for n in args.history_sizes.split(",")])
-    if "freshness" in chosen:
-        bench_freshness(args.fresh_seconds, args.fresh_rate, args.pipeline_nice,
-                        args.fresh_warmup)
+    scenarios = {
+        "simulate": lambda: bench_simulate(args.records),
+        "ingest": lambda: bench_ingest(args.records, reuse=args.reuse, tag=args.ingest_tag,
+                                       drains=args.drains),
+        "history": lambda: bench_history(
+            args.history_batch, [int(n) for n in args.history_sizes.split(",")]),
+        "freshness": lambda: bench_freshness(args.fresh_seconds, args.fresh_rate,
+                                             args.pipeline_nice, args.fresh_warmup),
+    }
+    failed = []
+    for name, scenario in scenarios.items():
+        if name not in chosen:
+            continue
+        # One scenario failing does not cost the others' figures; the run still fails.
+        try:
+            scenario()
+        except Exception:  # noqa: BLE001
+            traceback.print_exc()
+            failed.append(name)
+    if failed:
+        sys.exit(f"scenarios failed: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
