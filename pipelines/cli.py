@@ -170,9 +170,11 @@ def simulate(
 @command
 def retrain(conf: Path | None = ConfOption) -> None:
     """Batch-retrain the recommendation features (ALS + popularity) with offline metrics."""
-    from pipelines.features.retrain import run
+    from pipelines.features.retrain import missing_input, run
 
     settings = _settings(conf)
+    if (missing := missing_input(settings)) is not None:
+        raise UserError(missing)
     result = run(_spark(settings), settings)
     print(
         f"model {result['model_version'][:12]} params {result['params']}: "

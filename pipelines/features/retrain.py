@@ -25,6 +25,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from delta.tables import DeltaTable
@@ -83,6 +84,17 @@ RUNS_SCHEMA = T.StructType([
 
 
 # ---------------------------------------------------------------- inputs
+
+
+def missing_input(settings: Settings) -> str | None:
+    """Why a retrain cannot start, found before a Spark session is built (a second,
+    not a JVM start): the first input table missing from a local lakehouse. Remote
+    roots (a URI) are left to `current_versions`."""
+    for name in INPUTS:
+        path = catalog.table(name).path(settings)
+        if "://" not in path and not (Path(path) / "_delta_log").is_dir():
+            return f"{name}: no Delta table at {path}; run the streams first"
+    return None
 
 
 def current_versions(spark: SparkSession, settings: Settings) -> dict[str, int]:
