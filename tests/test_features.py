@@ -17,6 +17,7 @@ from pipelines.features.interactions import (
     item_popularity,
     popular_items,
 )
+from pipelines.settings import FeatureWeights
 from pipelines.silver.tables import silver_schema
 
 # gold.playback_sessions as the contract defines it.
@@ -77,7 +78,7 @@ def test_implicit_feedback_weights_completions_watch_time_and_skips(spark) -> No
         "user_id string, media_id string, sessions long, completions long, skips long, "
         "watch_ms long, strength double",
     )
-    assertDataFrameEqual(implicit_feedback(sessions, **WEIGHTS), expected)
+    assertDataFrameEqual(implicit_feedback(sessions, FeatureWeights(**WEIGHTS)), expected)
 
 
 def test_id_index_is_dense_and_in_id_order(spark) -> None:

@@ -10,15 +10,15 @@ from pyspark.ml.feature import StringIndexer
 from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
+from pipelines.settings import FeatureWeights
+
 MS_PER_HOUR = 3_600_000
 # Float sums depend on the order rows meet in an aggregation; rounding removes
 # that noise so identical inputs give bit-identical model inputs and outputs.
 DECIMALS = 6
 
 
-def session_weight(
-    *, play: float, complete: float, skip: float, watch_hour: float, watch_cap_hours: float
-) -> F.Column:
+def session_weight(weights: FeatureWeights) -> F.Column:
     """Implicit feedback of one gold.playback_sessions row (`features.weights`).
 
     `play` for starting it, `complete` more if completed, minus `skip` if
@@ -27,37 +27,22 @@ def session_weight(
     negative: implicit ALS reads a negative total as "preference 0, with
     confidence", i.e. a dislike.
     """
-    watch_hours = F.least(F.col("watch_ms") / MS_PER_HOUR, F.lit(float(watch_cap_hours)))
+    watch_hours = F.least(F.col("watch_ms") / MS_PER_HOUR, F.lit(float(weights.watch_cap_hours)))
     is_completed = F.col("outcome") == "completed"
     is_skipped = F.col("outcome") == "skipped"
     return (
-        F.lit(float(play))
-        + F.when(is_completed, float(complete)).otherwise(0.0)
-        - F.when(is_skipped, float(skip)).otherwise(0.0)
-        + float(watch_hour) * watch_hours
+        F.lit(float(weights.play))
+        + F.when(is_completed, float(weights.complete)).otherwise(0.0)
+        - F.when(is_skipped, float(weights.skip)).otherwise(0.0)
+        + float(weights.watch_hour) * watch_hours
     )
 
 
-def implicit_feedback(
-    sessions: DataFrame,
-    *,
-    play: float,
-    complete: float,
-    skip: float,
-    watch_hour: float,
-    watch_cap_hours: float,
-) -> DataFrame:
+def implicit_feedback(sessions: DataFrame, weights: FeatureWeights) -> DataFrame:
     """Sessions -> one row per (user_id, media_id) with its summed `strength`,
     each session weighted by `session_weight` with these weights."""
-    weight = session_weight(
-        play=play,
-        complete=complete,
-        skip=skip,
-        watch_hour=watch_hour,
-        watch_cap_hours=watch_cap_hours,
-    )
     return (
-        sessions.withColumn("weight", weight)
+        sessions.withColumn("weight", session_weight(weights))
         .groupBy("user_id", "media_id")
         .agg(
             F.count(F.lit(1)).alias("sessions"),

@@ -24,6 +24,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ from pipelines.features import interactions as ix
 from pipelines.features.evaluate import EVAL_K, ranking_metrics, relevant_items, split_sessions
 from pipelines.features.model import AlsParams, fit, param_grid, top_scores
 from pipelines.io.delta import latest_commit
-from pipelines.settings import Settings
+from pipelines.settings import FeatureSettings, Settings
 
 log = logging.getLogger(__name__)
 
@@ -134,6 +135,23 @@ def model_version(versions: dict[str, int], config: dict[str, Any]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class Outputs:
+    """Where a retrain writes: the paths of the three features tables."""
+
+    recommendations: str
+    popularity: str
+    runs: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> Outputs:
+        return cls(
+            recommendations=RECOMMENDATIONS.path(settings),
+            popularity=POPULARITY.path(settings),
+            runs=RUNS.path(settings),
+        )
+
+
 # ---------------------------------------------------------------- helpers with actions
 
 
@@ -188,37 +206,30 @@ def evaluate_grid(
     sessions: DataFrame,
     actions: DataFrame,
     grid: list[AlsParams],
-    max_iter: int,
-    seed: int,
-    holdout_days: int,
-    popularity_days: int,
+    feats: FeatureSettings,
     timings: Timings | None = None,
-    *,
-    blocks: int,
-    weights: Mapping[str, float],
-    trending_prior: float,
-    relevant_watch_ms: int,
-    max_extra_candidates: int,
 ) -> dict[str, Any]:
     """Holdout metrics of every grid point and of the popularity baseline.
 
-    The last `holdout_days` days (before the newest session_end) are the test set;
-    each model is fit on the rest and judged on its top-10 for the users with a
+    The last `feats.holdout_days` days (before the newest session_end) are the test
+    set; each model is fit on the rest and judged on its top-10 for the users with a
     relevant holdout item, completed training items excluded. Users the model
     cannot score get popularity, as in production, for the model and the baseline.
-    `weights` are the keyword arguments of `implicit_feedback` (features.weights).
     """
     timings = Timings() if timings is None else timings
     newest = _one_row(sessions.agg(F.max("session_end")))[0]
-    cut = newest - timedelta(days=holdout_days)
+    cut = newest - timedelta(days=feats.holdout_days)
     train, test = split_sessions(sessions, cut)
-    relevant = relevant_items(train, test, relevant_watch_ms).cache()
+    relevant = relevant_items(train, test, feats.relevant_watch_ms).cache()
     eval_users = relevant.select("user_id").distinct().cache()
     exclude = ix.completed_pairs(train).cache()
     train_popularity = ix.item_popularity(
-        actions.filter(F.col("event_time") < F.lit(cut)), train, popularity_days, trending_prior
+        actions.filter(F.col("event_time") < F.lit(cut)),
+        train,
+        feats.popularity_days,
+        feats.trending_prior,
     )
-    interactions = ix.implicit_feedback(train, **weights)
+    interactions = ix.implicit_feedback(train, feats.weights)
     users, items, ratings = _indexed(interactions)
     popular = None
     try:
@@ -228,7 +239,7 @@ def evaluate_grid(
                 exclude.join(eval_users, on="user_id", how="inner"),
                 EVAL_K,
                 max(n_items, 1),
-                max_extra_candidates,
+                feats.max_extra_candidates,
             )
             popular = ix.popular_items(train_popularity, n).cache()
             can_fit = eval_users.count() > 0 and ratings.count() > 0
@@ -243,7 +254,7 @@ def evaluate_grid(
                 results.append({**params.as_dict(), **dict.fromkeys(METRICS)})
                 continue
             with timings.phase(f"holdout_fit_{i}"):
-                model = fit(ratings, params, max_iter, seed, blocks)
+                model = fit(ratings, params, feats.als.max_iter, feats.seed, feats.als.blocks)
             with timings.phase(f"holdout_score_{i}"):
                 # Cached: the blend reads the scores twice (candidates and counts).
                 scores = top_scores(model, eval_users, users, items, n).cache()
@@ -298,6 +309,7 @@ def run(
     trained_at = datetime.now(UTC)
     sessions, actions = read_inputs(spark, settings, versions)
     sessions, actions = sessions.cache(), actions.cache()
+    outputs = Outputs.of(settings)
     grid = param_grid(feats.als)
     try:
         with timings.phase("read_inputs"):
@@ -306,13 +318,7 @@ def run(
                     f"{SESSIONS_INPUT} has no sessions at version {versions[SESSIONS_INPUT]}"
                 )
             actions.count()
-        evaluation = evaluate_grid(
-            spark, sessions, actions, grid, feats.als.max_iter, feats.seed,
-            feats.holdout_days, feats.popularity_days, timings,
-            blocks=feats.als.blocks, weights=feats.weights.model_dump(),
-            trending_prior=feats.trending_prior, relevant_watch_ms=feats.relevant_watch_ms,
-            max_extra_candidates=feats.max_extra_candidates,
-        )  # fmt: skip
+        evaluation = evaluate_grid(spark, sessions, actions, grid, feats, timings)
         best = best_params(grid, evaluation["grid"])
         w = feats.weights
         config = {
@@ -330,12 +336,13 @@ def run(
             "max_extra_candidates": feats.max_extra_candidates,
         }  # fmt: skip
         version = model_version(versions, config)
-        written = _final(spark, settings, sessions, actions, best, version, trained_at, timings)
+        written = _final(
+            spark, feats, outputs, sessions, actions, best, version, trained_at, timings
+        )
         run_row = _run_row(version, trained_at, versions, best, feats, evaluation, written)
         with timings.phase("write_run"):
-            spark.createDataFrame([run_row], RUNS_SCHEMA).write.format("delta").mode(
-                "append"
-            ).save(RUNS.path(settings))
+            run_df = spark.createDataFrame([_by_name(run_row, RUNS_SCHEMA)], RUNS_SCHEMA)
+            run_df.write.format("delta").mode("append").save(outputs.runs)
     finally:
         sessions.unpersist()
         actions.unpersist()
@@ -357,7 +364,8 @@ def run(
 
 def _final(
     spark: SparkSession,
-    settings: Settings,
+    feats: FeatureSettings,
+    outputs: Outputs,
     sessions: DataFrame,
     actions: DataFrame,
     params: AlsParams,
@@ -366,13 +374,12 @@ def _final(
     timings: Timings,
 ) -> dict[str, int]:
     """Refit on all sessions with `params`; write recommendations and popularity."""
-    feats = settings.features
     exclude = ix.completed_pairs(sessions).cache()
     popularity = ix.item_popularity(
         actions, sessions, feats.popularity_days, feats.trending_prior
     ).cache()
     users_all = sessions.select("user_id").unionByName(actions.select("user_id")).distinct()
-    interactions = ix.implicit_feedback(sessions, **feats.weights.model_dump())
+    interactions = ix.implicit_feedback(sessions, feats.weights)
     users, items, ratings = _indexed(interactions)
     scores = None
     try:
@@ -391,18 +398,16 @@ def _final(
                 F.lit(generated_at).cast("timestamp").alias("generated_at"),
             )  # fmt: skip
             recommendations.write.format("delta").mode("overwrite").save(
-                RECOMMENDATIONS.path(settings)
+                outputs.recommendations
             )
         with timings.phase("final_popularity"):
-            popularity.write.format("delta").mode("overwrite").save(
-                POPULARITY.path(settings)
-            )
+            popularity.write.format("delta").mode("overwrite").save(outputs.popularity)
         return {
             "users": users.count(),
             "items": n_items,
             "interactions": ratings.count(),
-            "recommendation_rows": _rows_written(spark, RECOMMENDATIONS.path(settings)),
-            "popularity_rows": _rows_written(spark, POPULARITY.path(settings)),
+            "recommendation_rows": _rows_written(spark, outputs.recommendations),
+            "popularity_rows": _rows_written(spark, outputs.popularity),
         }
     finally:
         for df in (scores, popularity, ratings, items, users, exclude):
@@ -421,17 +426,41 @@ def _run_row(
     trained_at: datetime,
     versions: dict[str, int],
     best: AlsParams,
-    feats: Any,
+    feats: FeatureSettings,
     evaluation: dict[str, Any],
     written: dict[str, int],
-) -> tuple:
+) -> dict[str, Any]:
+    """The features.training_runs row of this run, by RUNS_SCHEMA field name."""
     chosen = _chosen(evaluation["grid"], best)
-    return (
-        version, trained_at, versions, best.rank, best.reg_param, best.alpha,
-        feats.als.max_iter, feats.seed, feats.top_k, evaluation["holdout_start"],
-        evaluation["eval_users"],
-        *(chosen[m] for m in METRICS),
-        *(evaluation["baseline"][m] for m in METRICS),
-        [tuple(r[f.name] for f in GRID_POINT.fields) for r in evaluation["grid"]],
-        written["users"], written["items"], written["interactions"],
-    )  # fmt: skip
+    return {
+        "model_version": version,
+        "trained_at": trained_at,
+        "input_versions": versions,
+        "rank": best.rank,
+        "reg_param": best.reg_param,
+        "alpha": best.alpha,
+        "max_iter": feats.als.max_iter,
+        "seed": feats.seed,
+        "top_k": feats.top_k,
+        "holdout_start": evaluation["holdout_start"],
+        "eval_users": evaluation["eval_users"],
+        **{m: chosen[m] for m in METRICS},
+        **{f"baseline_{m}": evaluation["baseline"][m] for m in METRICS},
+        "grid": [_by_name(point, GRID_POINT) for point in evaluation["grid"]],
+        "users": written["users"],
+        "items": written["items"],
+        "interactions": written["interactions"],
+    }
+
+
+def _by_name(row: Mapping[str, Any], schema: T.StructType) -> tuple[Any, ...]:
+    """`row` as the tuple `schema` expects: its values in field order.
+
+    createDataFrame reads a tuple by position; a row built as a dict and ordered
+    here keeps each value with its name when the schema's order changes, and a
+    misspelt or forgotten name fails instead of shifting or nulling a column."""
+    names = schema.fieldNames()
+    if sorted(row) != sorted(names):
+        missing, unknown = sorted(set(names) - set(row)), sorted(set(row) - set(names))
+        raise ValueError(f"row does not match its schema: missing {missing}, unknown {unknown}")
+    return tuple(row[name] for name in names)
