@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -11,15 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from pipelines.settings import PROJECT_ROOT, Settings, load_settings
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
 
 # The `lakehouse` command of this virtual environment.
 LAKEHOUSE = str(Path(sys.executable).with_name("lakehouse"))
@@ -57,11 +50,11 @@ class Lake:
 def broker_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     """Broker and Spark overrides shared by every test lakehouse."""
     kafka_dir = tmp_path_factory.mktemp("kafka")
-    port = _free_port()
+    port = free_port()
     return {
         "LAKEHOUSE_KAFKA_BOOTSTRAP": f"localhost:{port}",
         "LAKEHOUSE_KAFKA__EMBEDDED__PORT": str(port),
-        "LAKEHOUSE_KAFKA__EMBEDDED__CONTROLLER_PORT": str(_free_port()),
+        "LAKEHOUSE_KAFKA__EMBEDDED__CONTROLLER_PORT": str(free_port()),
         "LAKEHOUSE_KAFKA__EMBEDDED__DATA_DIR": str(kafka_dir / "data"),
         "LAKEHOUSE_KAFKA__EMBEDDED__LOG_DIR": str(kafka_dir / "logs"),
         "LAKEHOUSE_KAFKA__EMBEDDED__HEAP": "320m",

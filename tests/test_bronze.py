@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import collections
-import signal
-import time
 from pathlib import Path
 
 import pytest
-from deltalake import DeltaTable
-from kafka import KafkaProducer
+from helpers import delta_rows, delta_versions, produce, sigkill_stream
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
@@ -24,9 +21,7 @@ def _produce(lake, n: int) -> collections.Counter:
     """Send n records spread over the source topics: JSON, not JSON, not ASCII, bytes
     that are not UTF-8 at all, empty values and keys, no key."""
     topics = lake.settings.kafka.source_topics
-    producer = KafkaProducer(bootstrap_servers=lake.settings.kafka.bootstrap, acks="all",
-                             linger_ms=10)
-    sent: collections.Counter = collections.Counter()
+    records = []
     for i in range(n):
         topic = topics[i % len(topics)]
         value = (f'{{"i": {i}, "text": "caf\u00e9 \u266b {i}"}}'.encode() if i % 7
@@ -34,17 +29,13 @@ def _produce(lake, n: int) -> collections.Counter:
         if i % 11 == 0:
             value = b"\xff\xfe\xc3(" + i.to_bytes(4, "big") + b"\x00\xed\xa0\x80"
         key = None if i % 13 == 0 else (b"" if i % 17 == 0 else f"k{i % 97}\x80".encode("latin-1"))
-        producer.send(topic, key=key, value=b"" if i % 19 == 0 else value)
-        sent[(topic, key, b"" if i % 19 == 0 else value)] += 1
-    producer.flush()
-    producer.close()
-    return sent
+        records.append((topic, key, b"" if i % 19 == 0 else value))
+    produce(lake.settings.kafka.bootstrap, records)
+    return collections.Counter(records)
 
 
 def _bronze_rows(lake) -> list[dict]:
-    path = lake.settings.lakehouse.table_path("bronze", "events")
-    return DeltaTable(path).to_pyarrow_table(
-        columns=["topic", "partition", "offset", "key", "value"]).to_pylist()
+    return delta_rows(lake, "bronze", "events", ["topic", "partition", "offset", "key", "value"])
 
 
 def _assert_exactly(sent: collections.Counter, rows: list[dict]) -> None:
@@ -90,11 +81,6 @@ def test_bronze_ingests_every_record_exactly_once(spark, kafka_lake) -> None:
     assert len(_bronze_rows(kafka_lake)) == N_RECORDS
 
 
-def _delta_versions(path: Path) -> int:
-    log = path / "_delta_log"
-    return len(list(log.glob("*.json"))) if log.exists() else 0
-
-
 @pytest.mark.slow
 def test_bronze_survives_sigkill_mid_run(spark, kafka_lake) -> None:
     sent = _produce(kafka_lake, N_RECORDS)
@@ -102,17 +88,7 @@ def test_bronze_survives_sigkill_mid_run(spark, kafka_lake) -> None:
     small = {"LAKEHOUSE_STREAMING__MAX_OFFSETS_PER_TRIGGER": "400"}
     lake = type(kafka_lake)(kafka_lake.settings, {**kafka_lake.env, **small})
     table = Path(lake.settings.lakehouse.table_path("bronze", "events"))
-    proc = lake.popen("stream", "--layers", "bronze", "--available-now")
-    try:
-        deadline = time.monotonic() + 300
-        while _delta_versions(table) < 4 and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.2)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    sigkill_stream(lake, "bronze", lambda: delta_versions(table) >= 4, poll_s=0.2)
     partial = len(_bronze_rows(lake))
     assert 0 < partial < N_RECORDS, "the kill should land mid-run"
     # The restart (another process: this one) replays the interrupted batch as logged,

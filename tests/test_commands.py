@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import re
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
 from pathlib import Path
 
 import pytest
-from deltalake import DeltaTable
+from helpers import delta_table, free_port, wait_while_running
 
 from pipelines.settings import PROJECT_ROOT
 
@@ -35,9 +34,7 @@ def _readme_commands() -> set[str]:
 
 def _rows(lake, name: str) -> int:
     layer, table = name.split(".")
-    return DeltaTable(lake.settings.lakehouse.table_path(layer, table)).to_pyarrow_table(
-        columns=[]
-    ).num_rows
+    return delta_table(lake, layer, table).to_pyarrow_table(columns=[]).num_rows
 
 
 def _ok(result: subprocess.CompletedProcess) -> str:
@@ -47,12 +44,6 @@ def _ok(result: subprocess.CompletedProcess) -> str:
              if JVM_NOISE.search(line)]
     assert noise == [], noise
     return result.stdout
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
 
 
 def test_the_readme_lists_exactly_the_commands_tested() -> None:
@@ -86,7 +77,7 @@ def test_simulate_then_stream_available_now_adds_every_record(small_lakehouse) -
 
 
 def test_stream_runs_until_interrupted_and_serves_metrics(small_lakehouse) -> None:
-    port = _free_port()
+    port = free_port()
     lake = type(small_lakehouse)(small_lakehouse.settings, {
         **small_lakehouse.env, "LAKEHOUSE_METRICS__PORT": str(port)}, small_lakehouse.demo)
     before = _rows(lake, "bronze.events")
@@ -95,9 +86,8 @@ def test_stream_runs_until_interrupted_and_serves_metrics(small_lakehouse) -> No
         sent = lake.cli("simulate", "--events", "200", "--seed", "10")
         assert sent.returncode == 0
         deadline = time.monotonic() + 240
-        while _rows(lake, "bronze.events") < before + 200 and time.monotonic() < deadline:
-            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
-            time.sleep(1)
+        wait_while_running(proc, lambda: _rows(lake, "bronze.events") >= before + 200,
+                           deadline, poll_s=1)
         assert _rows(lake, "bronze.events") == before + 200
         # Progress reaches the listener (and the exporter) shortly after the commit.
         wanted = 'lakehouse_stream_input_rows_total{query="bronze_events"}'
@@ -177,7 +167,7 @@ def test_schemas_check(small_lakehouse) -> None:
 def test_user_errors_are_one_line_naming_the_fix(
     small_lakehouse, tmp_path: Path, args: list[str], env: dict[str, str], error: str
 ) -> None:
-    values = {"closed": str(_free_port()), "empty": str(tmp_path / "empty")}
+    values = {"closed": str(free_port()), "empty": str(tmp_path / "empty")}
     lake = type(small_lakehouse)(small_lakehouse.settings, {
         **small_lakehouse.env, **{k: v.format(**values) for k, v in env.items()}},
         small_lakehouse.demo)

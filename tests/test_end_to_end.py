@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import Lake
-from deltalake import DeltaTable
+from helpers import delta_table
 
 N_EVENTS = 100_000
 WINDOW = pd.Timedelta(minutes=5)
@@ -21,7 +21,7 @@ GAP = pd.Timedelta(minutes=30)
 
 
 def _read(lake: Lake, layer: str, table: str) -> pd.DataFrame:
-    return DeltaTable(lake.settings.lakehouse.table_path(layer, table)).to_pandas()
+    return delta_table(lake, layer, table).to_pandas()
 
 
 @pytest.fixture(scope="module")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC, datetime
 
+from helpers import PLAYBACK_SESSIONS, ts, user_actions_df
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
 
@@ -18,27 +18,15 @@ from pipelines.features.interactions import (
     popular_items,
 )
 from pipelines.settings import FeatureWeights
-from pipelines.silver.tables import silver_schema
 
-# gold.playback_sessions as the contract defines it.
-SESSIONS_SCHEMA = T.StructType([
-    T.StructField("session_id", T.StringType(), False),
-    T.StructField("user_id", T.StringType(), False),
-    T.StructField("media_id", T.StringType(), False),
-    T.StructField("session_start", T.TimestampType(), False),
-    T.StructField("session_end", T.TimestampType(), False),
-    T.StructField("actions", T.LongType(), False),
-    T.StructField("watch_ms", T.LongType(), False),
-    T.StructField("outcome", T.StringType(), False),
-])
+# gold.playback_sessions as the contract defines it, every column non-null.
+SESSIONS_SCHEMA = T.StructType(
+    [T.StructField(f.name, f.dataType, False) for f in PLAYBACK_SESSIONS]
+)
 MIN = 60_000
 HOUR = 60 * MIN
 # The weights the hand-computed strengths below assume (conf/base.yaml has the same).
 WEIGHTS = {"play": 1.0, "complete": 2.0, "skip": 1.5, "watch_hour": 1.0, "watch_cap_hours": 2.0}
-
-
-def ts(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
 
 
 def sessions_df(spark, rows: list[tuple]):  # noqa: ANN001, ANN201
@@ -54,12 +42,9 @@ def sessions_df(spark, rows: list[tuple]):  # noqa: ANN001, ANN201
 
 def actions_df(spark, rows: list[tuple]):  # noqa: ANN001, ANN201
     """rows: (user_id, media_id, action, event_time) as silver.user_actions."""
-    full = [
-        (f"e{i}", user, action, ts(at), media, None, None, "web", 2, "t", 0, i, ts(at),
-         ts(at).date())
-        for i, (user, media, action, at) in enumerate(rows)
-    ]  # fmt: skip
-    return spark.createDataFrame(full, silver_schema("user_action"))
+    with_ids = [(f"e{i}", user, media, action, at)
+                for i, (user, media, action, at) in enumerate(rows)]
+    return user_actions_df(spark, with_ids, topic="t")
 
 
 def test_implicit_feedback_weights_completions_watch_time_and_skips(spark) -> None:

@@ -12,6 +12,7 @@ from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from helpers import GOLD_SCHEMAS, await_available_now, ts, user_actions_df
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
@@ -22,7 +23,6 @@ from pipelines.gold.engagement import (
     start,
 )
 from pipelines.gold.reconcile import recompute_all, reconcile
-from pipelines.silver.tables import silver_schema
 
 Action = tuple[str, str, str, str, str]  # event_id, user_id, media_id, action, event_time
 
@@ -57,27 +57,16 @@ GAP = timedelta(minutes=30)
 MS = timedelta(milliseconds=1)
 
 
-def ts(text: str) -> datetime:
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
 def _write_silver(spark, lake, rows: list[Action], offset: int = 0) -> None:
-    full = [
-        (eid, user, action, ts(t), media, None, None, "web", 2, "media.user-actions", 0,
-         offset + i, ts(t), ts(t).date())
-        for i, (eid, user, media, action, t) in enumerate(rows)
-    ]
     (
-        spark.createDataFrame(full, silver_schema("user_action"))
+        user_actions_df(spark, rows, offset)
         .write.format("delta").mode("append").partitionBy("event_date")
         .save(lake.settings.lakehouse.table_path("silver", "user_actions"))
     )
 
 
 def _run(spark, lake) -> None:
-    for query in start(spark, lake.settings, True):
-        query.awaitTermination(timeout=180)
-        assert query.exception() is None, query.exception()
+    await_available_now(start(spark, lake.settings, True), timeout_s=180)
 
 
 def _reference(rows: list[Action]) -> dict[str, list[tuple]]:
@@ -138,24 +127,6 @@ def _reference(rows: list[Action]) -> dict[str, list[tuple]]:
     }
 
 
-DDL = {
-    "media_engagement": (
-        "media_id string, window_start timestamp, window_end timestamp, plays bigint, "
-        "pauses bigint, skips bigint, seeks bigint, completes bigint, unique_viewers bigint, "
-        "skip_rate double"
-    ),
-    "playback_sessions": (
-        "session_id string, user_id string, media_id string, session_start timestamp, "
-        "session_end timestamp, actions bigint, watch_ms bigint, outcome string"
-    ),
-    "user_daily_engagement": (
-        "event_date date, user_id string, plays bigint, skips bigint, completes bigint, "
-        "distinct_media bigint, watch_ms bigint"
-    ),
-    "daily_active_users": "event_date date, active_users bigint",
-}
-
-
 def _assert_gold(spark, lake, rows: list[Action], windows_rows: list[Action] | None = None) -> None:
     """Every gold table equals the reference of `rows`; media_engagement that of
     `windows_rows` when given (its query takes late events at once)."""
@@ -166,7 +137,7 @@ def _assert_gold(spark, lake, rows: list[Action], windows_rows: list[Action] | N
 
     for table, expected in expected_tables.items():
         actual = spark.read.format("delta").load(lake.settings.lakehouse.table_path("gold", table))
-        frame = spark.createDataFrame(expected, DDL[table])
+        frame = spark.createDataFrame(expected, GOLD_SCHEMAS[table])
         assertDataFrameEqual(actual.select(*frame.columns), frame)
         # Stored with its partition date: the date of the key's start.
         column, source = PARTITION_DATE[table]

@@ -3,8 +3,16 @@
 from __future__ import annotations
 
 import hashlib
-from datetime import UTC, date, datetime
+from datetime import date
 
+from helpers import (
+    DAILY_ACTIVE_USERS,
+    MEDIA_ENGAGEMENT,
+    PLAYBACK_SESSIONS,
+    USER_DAILY_ENGAGEMENT,
+    ts,
+    user_actions_df,
+)
 from pyspark.testing import assertDataFrameEqual
 
 from pipelines.gold.transforms import (
@@ -17,47 +25,16 @@ from pipelines.gold.transforms import (
     user_daily_engagement,
     watch_read_dates,
 )
-from pipelines.silver.tables import silver_schema
 
 WINDOW, GAP = "5 minutes", "30 minutes"
-
-
-def ts(text: str) -> datetime:
-    """'2026-11-01 10:00:30' as an aware UTC datetime (independent of the machine's zone)."""
-    return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-def actions(spark, rows: list[tuple[str, str, str, str, str]]):
-    """(event_id, user_id, media_id, action, event_time) -> silver.user_actions rows."""
-    full = [
-        (eid, user, action, ts(t), media, None, None, "web", 2, "media.user-actions", 0, i,
-         ts(t), ts(t).date())
-        for i, (eid, user, media, action, t) in enumerate(rows)
-    ]
-    return spark.createDataFrame(full, silver_schema("user_action"))
 
 
 def sid(user: str, media: str, first_event_id: str) -> str:
     return hashlib.sha256(f"{user}|{media}|{first_event_id}".encode()).hexdigest()
 
 
-MEDIA_ENGAGEMENT_DDL = (
-    "media_id string, window_start timestamp, window_end timestamp, plays bigint, "
-    "pauses bigint, skips bigint, seeks bigint, completes bigint, unique_viewers bigint, "
-    "skip_rate double"
-)
-SESSIONS_DDL = (
-    "session_id string, user_id string, media_id string, session_start timestamp, "
-    "session_end timestamp, actions bigint, watch_ms bigint, outcome string"
-)
-USER_DAILY_DDL = (
-    "event_date date, user_id string, plays bigint, skips bigint, completes bigint, "
-    "distinct_media bigint, watch_ms bigint"
-)
-
-
 def test_media_engagement_counts_per_tumbling_window(spark) -> None:
-    rows = actions(spark, [
+    rows = user_actions_df(spark, [
         ("a1", "u1", "m1", "play", "2026-11-01 10:00:10"),
         ("a2", "u1", "m1", "pause", "2026-11-01 10:01:00"),
         ("a3", "u2", "m1", "play", "2026-11-01 10:02:00"),
@@ -76,7 +53,7 @@ def test_media_engagement_counts_per_tumbling_window(spark) -> None:
         ("m1", ts("2026-11-01 10:05:00"), ts("2026-11-01 10:10:00"), 0, 0, 0, 0, 1, 1, None),
         ("m2", ts("2026-11-01 10:00:00"), ts("2026-11-01 10:05:00"), 0, 0, 1, 0, 0, 1, None),
         ("m2", ts("2026-11-01 10:10:00"), ts("2026-11-01 10:15:00"), 4, 0, 1, 0, 0, 2, 0.25),
-    ], MEDIA_ENGAGEMENT_DDL)
+    ], MEDIA_ENGAGEMENT)
     assertDataFrameEqual(media_engagement(rows, WINDOW), expected)
 
 
@@ -115,12 +92,12 @@ def test_sessionize_splits_on_gap_complete_and_skip(spark) -> None:
          ts("2026-11-01 10:09:00"), 4, 180_000, "abandoned"),
         (sid("u2", "m1", "c1"), "u2", "m1", ts("2026-11-01 12:00:00"),
          ts("2026-11-01 12:00:00"), 2, 0, "completed"),
-    ], SESSIONS_DDL)
-    assertDataFrameEqual(sessionize(actions(spark, SESSION_ROWS), GAP), expected)
+    ], PLAYBACK_SESSIONS)
+    assertDataFrameEqual(sessionize(user_actions_df(spark, SESSION_ROWS), GAP), expected)
 
 
 def test_annotate_plays_gives_each_action_its_session_and_watch(spark) -> None:
-    out = annotate_plays(actions(spark, SESSION_ROWS[:8]), GAP)
+    out = annotate_plays(user_actions_df(spark, SESSION_ROWS[:8]), GAP)
     assert out.columns == ["event_id", "user_id", "media_id", "action", "event_time",
                            "event_date", "session_id", "watch_ms"]
     s1, s2, s3, s4 = (sid("u1", "m1", e) for e in ("e1", "e4", "e6", "e8"))
@@ -147,24 +124,24 @@ DAILY_ROWS = [
 
 
 def test_user_daily_engagement_attributes_watch_to_the_play_date(spark) -> None:
-    annotated = annotate_plays(actions(spark, DAILY_ROWS), GAP)
+    annotated = annotate_plays(user_actions_df(spark, DAILY_ROWS), GAP)
     expected = spark.createDataFrame([
         (date(2026, 11, 1), "u1", 1, 0, 0, 1, 1_200_000),
         (date(2026, 11, 2), "u1", 1, 1, 1, 2, 1_800_000),
         (date(2026, 11, 1), "u2", 2, 0, 0, 1, 0),
-    ], USER_DAILY_DDL)
+    ], USER_DAILY_ENGAGEMENT)
     assertDataFrameEqual(user_daily_engagement(annotated), expected)
 
 
 def test_daily_active_users_counts_each_user_once_per_date(spark) -> None:
     expected = spark.createDataFrame(
-        [(date(2026, 11, 1), 2), (date(2026, 11, 2), 1)], "event_date date, active_users bigint"
+        [(date(2026, 11, 1), 2), (date(2026, 11, 2), 1)], DAILY_ACTIVE_USERS
     )
-    assertDataFrameEqual(daily_active_users(actions(spark, DAILY_ROWS)), expected)
+    assertDataFrameEqual(daily_active_users(user_actions_df(spark, DAILY_ROWS)), expected)
 
 
 def test_touched_user_days_reach_back_one_gap(spark) -> None:
-    events = actions(spark, [
+    events = user_actions_df(spark, [
         ("k1", "u1", "m1", "play", "2026-11-02 00:10:00"),  # a play at 23:45 may precede it
         ("k2", "u2", "m1", "play", "2026-11-02 12:00:00"),
     ])
@@ -186,7 +163,7 @@ def test_session_ranges_widen_to_held_sessions_within_the_gap(spark) -> None:
         ("u3", "m3", ts("2026-11-01 09:00:00"), ts("2026-11-01 09:20:00")),
         ("u4", "m4", ts("2026-11-01 09:00:00"), ts("2026-11-01 09:10:00")),
     ], "user_id string, media_id string, session_start timestamp, session_end timestamp")
-    events = actions(spark, [
+    events = user_actions_df(spark, [
         ("e1", "u1", "m1", "play", "2026-11-01 12:35:00"),  # 25 min after the 2nd session
         ("e2", "u2", "m2", "play", "2026-11-01 09:00:00"),  # no session held
         ("e3", "u3", "m3", "play", "2026-11-01 08:35:00"),  # between two, near both

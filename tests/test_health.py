@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 
+from helpers import await_available_now
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
 from pyspark.testing import assertDataFrameEqual
@@ -155,14 +156,6 @@ def _append(spark, lake, rows: list[tuple]) -> None:
     )
 
 
-def _run(spark, lake) -> None:
-    for query in start(spark, lake.settings, True):
-        try:
-            assert query.awaitTermination(120), "the available-now run did not finish"
-        finally:
-            query.stop()
-
-
 def _assert_tables(spark, lake, host_rows, minute_rows, alert_rows) -> None:
     def read(table: str) -> DataFrame:
         return spark.read.format("delta").load(_path(lake, "ops", table))
@@ -185,19 +178,20 @@ HOSTS_FIRST = [
     ("h2", "api", "up", 40.0, 30.0, None, "10:05:00", "e05"),
     ("autoscaler", "api", None, None, None, 2, "10:04:00", "e06"),
 ]
+MINUTES_FIRST = [
+    ("api", "10:00:00", 1, 0, 0, 95.0, 50.0, 1),
+    ("api", "10:01:00", 1, 0, 0, 96.0, 50.0, 1),
+    ("api", "10:03:00", 1, 0, 1, 97.0, 50.0, 2),
+    ("api", "10:04:00", 0, 0, 0, None, None, 1),
+    ("api", "10:05:00", 1, 0, 0, 40.0, 30.0, 1),
+]
 DOWN_AT_3 = ("api", "10:03:00", "hosts_down", "1 host(s) down")
 
 
 def test_health_stream_is_exact_with_out_of_order_events(spark, lake):
     _append(spark, lake, FIRST)
-    _run(spark, lake)
-    _assert_tables(spark, lake, HOSTS_FIRST, [
-        ("api", "10:00:00", 1, 0, 0, 95.0, 50.0, 1),
-        ("api", "10:01:00", 1, 0, 0, 96.0, 50.0, 1),
-        ("api", "10:03:00", 1, 0, 1, 97.0, 50.0, 2),
-        ("api", "10:04:00", 0, 0, 0, None, None, 1),
-        ("api", "10:05:00", 1, 0, 0, 40.0, 30.0, 1),
-    ], [DOWN_AT_3])
+    await_available_now(start(spark, lake.settings, True))
+    _assert_tables(spark, lake, HOSTS_FIRST, MINUTES_FIRST, [DOWN_AT_3])
 
     # Late events, in two commits: they fill the 10:02 gap (a hot run of four minutes,
     # alerted where it reached three), change past minutes, and must not roll h2 back.
@@ -209,7 +203,7 @@ def test_health_stream_is_exact_with_out_of_order_events(spark, lake):
         status("e09", "h1", "api", "10:00:30", "up", 99.0, 54.0),
         status("e10", "h3", "api", "10:01:40", "down"),
     ])
-    _run(spark, lake)
+    await_available_now(start(spark, lake.settings, True))
     _assert_tables(spark, lake, [
         *HOSTS_FIRST, ("h3", "api", "down", None, None, None, "10:01:40", "e10"),
     ], [
@@ -233,10 +227,4 @@ def test_replayed_health_batch_changes_nothing(spark, lake):
     batch = spark.read.format("delta").load(_path(lake, "silver", "system_events"))
     process_batch(batch, 0, conf)
     process_batch(batch, 0, conf)
-    _assert_tables(spark, lake, HOSTS_FIRST, [
-        ("api", "10:00:00", 1, 0, 0, 95.0, 50.0, 1),
-        ("api", "10:01:00", 1, 0, 0, 96.0, 50.0, 1),
-        ("api", "10:03:00", 1, 0, 1, 97.0, 50.0, 2),
-        ("api", "10:04:00", 0, 0, 0, None, None, 1),
-        ("api", "10:05:00", 1, 0, 0, 40.0, 30.0, 1),
-    ], [DOWN_AT_3])
+    _assert_tables(spark, lake, HOSTS_FIRST, MINUTES_FIRST, [DOWN_AT_3])

@@ -6,6 +6,7 @@ import hashlib
 import json
 from datetime import datetime
 
+from helpers import PLAYBACK_SESSIONS, await_available_now
 from kafka import KafkaConsumer
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import types as T
@@ -25,16 +26,6 @@ from pipelines.schemas.registry import classify
 from pipelines.silver.tables import silver_schema
 
 REASON = "new upload from a creator you watch"  # the contract's literal
-SESSIONS = T.StructType([
-    T.StructField("session_id", T.StringType()),
-    T.StructField("user_id", T.StringType()),
-    T.StructField("media_id", T.StringType()),
-    T.StructField("session_start", T.TimestampType()),
-    T.StructField("session_end", T.TimestampType()),
-    T.StructField("actions", T.LongType()),
-    T.StructField("watch_ms", T.LongType()),
-    T.StructField("outcome", T.StringType()),
-])
 CANDIDATES = T.StructType([
     T.StructField("user_id", T.StringType()),
     T.StructField("media_id", T.StringType()),
@@ -56,7 +47,7 @@ def sessions_df(spark: SparkSession, rows: list[tuple[str, str, str, str]]) -> D
     """(user, media, session_end, outcome) -> gold.playback_sessions rows."""
     return spark.createDataFrame(
         [(f"s{i}", u, m, ts(end), ts(end), 3, 1000, o) for i, (u, m, end, o) in enumerate(rows)],
-        SESSIONS,
+        PLAYBACK_SESSIONS,
     )
 
 
@@ -159,14 +150,6 @@ def _append_uploads(spark, lake, rows) -> None:
     )
 
 
-def _run(spark, lake) -> None:
-    for query in start(spark, lake.settings, True):
-        try:
-            assert query.awaitTermination(120), "the available-now run did not finish"
-        finally:
-            query.stop()
-
-
 def _consume(lake) -> list[tuple[str, dict]]:
     consumer = KafkaConsumer(
         lake.settings.kafka.topics["notifications"].name,
@@ -215,11 +198,12 @@ def test_notification_stream_writes_gold_and_topic_once(spark, kafka_lake):
         _message("u1", "m10", "c1", "2026-11-03T10:00:00.000000Z"),
         _message("u5", "m19", "c2", "2026-11-04T08:00:00.000000Z"),
     ]
-    _run(spark, kafka_lake)
+    await_available_now(start(spark, kafka_lake.settings, True))
     assertDataFrameEqual(spark.read.format("delta").load(table), notifications_df(spark, first))
     assert _consume(kafka_lake) == first_messages
 
-    _run(spark, kafka_lake)  # nothing new: nothing in the table, nothing on the topic
+    # Nothing new: nothing in the table, nothing on the topic.
+    await_available_now(start(spark, kafka_lake.settings, True))
     assertDataFrameEqual(spark.read.format("delta").load(table), notifications_df(spark, first))
     assert _consume(kafka_lake) == first_messages
 
@@ -230,7 +214,7 @@ def test_notification_stream_writes_gold_and_topic_once(spark, kafka_lake):
         ("e22", "m22", "c2", "2026-11-04 13:00:00"),
         ("e23", "m23", "c2", "2026-11-04 11:00:00"),
     ])
-    _run(spark, kafka_lake)
+    await_available_now(start(spark, kafka_lake.settings, True))
     later = [("u5", "m21", "c2", "2026-11-04 11:00:00"), ("u5", "m23", "c2", "2026-11-04 11:00:00")]
     assertDataFrameEqual(
         spark.read.format("delta").load(table), notifications_df(spark, first + later)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import MEDIA_ENGAGEMENT, PLAYBACK_SESSIONS
 from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -37,24 +38,6 @@ BRONZE = T.StructType([
     T.StructField("value", T.BinaryType()),
     T.StructField("ingested_at", T.TimestampType()),
     T.StructField("ingest_date", T.DateType()),
-])
-ENGAGEMENT = T.StructType([
-    T.StructField("media_id", T.StringType()),
-    T.StructField("window_start", T.TimestampType()),
-    T.StructField("window_end", T.TimestampType()),
-    *(T.StructField(c, T.LongType()) for c in ("plays", "pauses", "skips", "seeks", "completes")),
-    T.StructField("unique_viewers", T.LongType()),
-    T.StructField("skip_rate", T.DoubleType()),
-])
-SESSIONS = T.StructType([
-    T.StructField("session_id", T.StringType()),
-    T.StructField("user_id", T.StringType()),
-    T.StructField("media_id", T.StringType()),
-    T.StructField("session_start", T.TimestampType()),
-    T.StructField("session_end", T.TimestampType()),
-    T.StructField("actions", T.LongType()),
-    T.StructField("watch_ms", T.LongType()),
-    T.StructField("outcome", T.StringType()),
 ])
 RECOMMENDATIONS = T.StructType([
     T.StructField("user_id", T.StringType()),
@@ -107,7 +90,7 @@ def write_tables(spark: SparkSession, lake: Any) -> None:
            "quarantined_at": T0},
           {"offset": 10, "error_code": "invalid_json"},
           {"offset": 11, "error_code": "too_weird"})
-    write(spark, lake, "gold.media_engagement", ENGAGEMENT,
+    write(spark, lake, "gold.media_engagement", MEDIA_ENGAGEMENT,
           {"media_id": "m1", "pauses": 0, "seeks": 0, "completes": 0},
           # skips > plays is legitimate: the skipped play can sit in the previous window.
           {"window_start": at(0), "window_end": at(5), "plays": 1, "skips": 2,
@@ -116,7 +99,7 @@ def write_tables(spark: SparkSession, lake: Any) -> None:
            "unique_viewers": 1},
           {"media_id": "m2", "window_start": at(0), "window_end": at(0), "plays": 2,
            "skips": 0, "unique_viewers": 0, "skip_rate": 0.0})
-    write(spark, lake, "gold.playback_sessions", SESSIONS,
+    write(spark, lake, "gold.playback_sessions", PLAYBACK_SESSIONS,
           {"user_id": "u1", "media_id": "m1"},
           {"session_id": "p1", "session_start": at(0), "session_end": at(10), "actions": 3,
            "watch_ms": 600_000, "outcome": "completed"},

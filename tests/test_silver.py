@@ -5,15 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import shutil
-import signal
-import time
 from collections import Counter
 from functools import partial
-from pathlib import Path
 
 import pyarrow as pa
 import pytest
-from deltalake import DeltaTable
+from helpers import bronze_df, delta_rows, delta_table, delta_versions, sigkill_stream
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
@@ -32,14 +29,6 @@ V2 = {"schemaVersion": 2, "eventId": "0b7e7f43-4a54-4c1f-9d8e-2f3a4b5c6d7e", "us
 _compact = partial(json.dumps, separators=(",", ":"))
 
 
-def _bronze(spark, rows):
-    """Bronze rows (topic, partition, offset, value); a str value is sent as UTF-8."""
-    return spark.createDataFrame(
-        [(t, p, o, v.encode() if isinstance(v, str) else v) for t, p, o, v in rows],
-        "topic string, partition int, offset long, value binary",
-    )
-
-
 def test_classify_records_routes_each_kind(spark) -> None:
     rows = [
         (UA, 0, 1, json.dumps(V1)),
@@ -51,7 +40,7 @@ def test_classify_records_routes_each_kind(spark) -> None:
         (UA, 0, 7, b"\xc3\x28"),
         ("other.topic", 0, 8, json.dumps(V2)),
     ]
-    out = classify_records(_bronze(spark, rows), TOPIC_TYPES, max_bytes=256)
+    out = classify_records(bronze_df(spark, rows), TOPIC_TYPES, max_bytes=256)
     assertDataFrameEqual(
         out.select("offset", "error_code", "schema_version"),
         [(1, None, 1), (2, None, 2), (3, "invalid_json", None), (4, "schema_violation", 2),
@@ -68,7 +57,7 @@ def test_classify_records_routes_each_kind(spark) -> None:
 
 def test_to_events_types_and_upcasts(spark) -> None:
     rows = [(UA, 0, 1, json.dumps(V1)), (UA, 1, 9, json.dumps(V2))]
-    classified = classify_records(_bronze(spark, rows), TOPIC_TYPES, max_bytes=4096)
+    classified = classify_records(bronze_df(spark, rows), TOPIC_TYPES, max_bytes=4096)
     events = to_events(classified, "user_action").drop("processed_at")
     expected = [
         (v1_event_id(V1), "u1", "play", dt.datetime(2026, 11, 1, 9, 0), "m1", None, None,
@@ -82,7 +71,7 @@ def test_to_events_types_and_upcasts(spark) -> None:
 def test_rank_in_batch_points_duplicates_at_first(spark) -> None:
     rows = [(UA, 1, 5, json.dumps(V2)), (UA, 0, 9, json.dumps(V2)),
             (UA, 0, 3, json.dumps(V1))]
-    classified = classify_records(_bronze(spark, rows), TOPIC_TYPES, max_bytes=4096)
+    classified = classify_records(bronze_df(spark, rows), TOPIC_TYPES, max_bytes=4096)
     ranked = rank_in_batch(to_events(classified, "user_action"))
     assertDataFrameEqual(
         ranked.select("source_partition", "source_offset", "first_partition", "first_offset"),
@@ -93,15 +82,15 @@ def test_rank_in_batch_points_duplicates_at_first(spark) -> None:
 def test_process_batch_dedups_across_batches_and_replays(spark, lake) -> None:
     s = lake.settings
     ua = s.topic("user_actions").name
-    batch1 = _bronze(spark, [(ua, 0, 1, json.dumps(V1)), (ua, 0, 2, json.dumps(V1)),
-                             (ua, 0, 3, "nope")])
+    batch1 = bronze_df(spark, [(ua, 0, 1, json.dumps(V1)), (ua, 0, 2, json.dumps(V1)),
+                               (ua, 0, 3, "nope")])
     ensure_silver(spark, s)
     process_batch(batch1, 0, s, "query-a")
     process_batch(batch1, 0, s, "query-a")  # a replay after a crash: Delta skips the appends
     # The same records under a new checkpoint (another writer id, batch ids from 0):
     # every record finds itself in silver or quarantine, nothing is added.
     process_batch(batch1, 0, s, "query-b")
-    batch2 = _bronze(spark, [(ua, 1, 40, json.dumps(V1)), (ua, 1, 41, json.dumps(V2))])
+    batch2 = bronze_df(spark, [(ua, 1, 40, json.dumps(V1)), (ua, 1, 41, json.dumps(V2))])
     process_batch(batch2, 1, s, "query-b")
     silver = spark.read.format("delta").load(s.lakehouse.table_path("silver", "user_actions"))
     assertDataFrameEqual(
@@ -149,9 +138,9 @@ def test_values_python_would_alter_go_to_quarantine_not_silver(spark, lake) -> N
     topics = {UA: s.topic("user_actions").name, SE: s.topic("system_events").name}
     rows = [(topics[t], 0, i, value) for i, (t, value, _, _) in enumerate(HOSTILE)]
     ensure_silver(spark, s)
-    process_batch(_bronze(spark, rows), 0, s, "query")
+    process_batch(bronze_df(spark, rows), 0, s, "query")
     for table in ("user_actions", "system_events"):
-        assert DeltaTable(s.lakehouse.table_path("silver", table)).to_pyarrow_table().num_rows == 0
+        assert delta_table(lake, "silver", table).to_pyarrow_table().num_rows == 0
     quarantine = spark.read.format("delta").load(s.lakehouse.table_path("silver", "quarantine"))
     assertDataFrameEqual(
         quarantine.select("offset", "value", "error_code", "error_detail"),
@@ -182,13 +171,14 @@ def test_an_id_reused_on_another_date_is_moved_by_reconcile(spark, lake) -> None
     upload = {"schemaVersion": 1, "eventId": V2["eventId"], "mediaId": "m9",
               "creatorId": "c1", "timestamp": "2026-11-05T09:30:00z"}
     rows = [(ua, 0, 1, _compact(V2)), (ua, 0, 2, _compact(moved)), (cu, 0, 7, _compact(upload))]
-    fast = fast_classify(_bronze(spark, rows[1:]), {ua: "user_action", cu: "content_upload"}, 4096)
+    fast = fast_classify(bronze_df(spark, rows[1:]), {ua: "user_action", cu: "content_upload"},
+                         4096)
     assert [r.offset for r in fast.filter("NOT _suspect").collect()] == [2]
-    bronze = _bronze(spark, rows).withColumn("kafka_timestamp", F.current_timestamp())
+    bronze = bronze_df(spark, rows).withColumn("kafka_timestamp", F.current_timestamp())
     bronze.write.format("delta").save(s.lakehouse.table_path("bronze", "events"))
     ensure_silver(spark, s)
-    process_batch(_bronze(spark, rows[:1]), 0, s, "query")
-    process_batch(_bronze(spark, rows[1:]), 1, s, "query")
+    process_batch(bronze_df(spark, rows[:1]), 0, s, "query")
+    process_batch(bronze_df(spark, rows[1:]), 1, s, "query")
     silver_path = s.lakehouse.table_path("silver", "user_actions")
     assert spark.read.format("delta").load(silver_path).count() == 2  # passed the lookup
     conf = EngagementConf.from_settings(s)
@@ -225,26 +215,16 @@ def test_an_id_reused_on_another_date_is_moved_by_reconcile(spark, lake) -> None
 # ---------------------------------------------------------------- end to end
 
 
-def _table(lake, layer: str, name: str) -> list[dict]:
-    path = lake.settings.lakehouse.table_path(layer, name)
-    return DeltaTable(path).to_pyarrow_table().to_pylist()
-
-
 def _assert_matches_manifest(lake, manifest: dict) -> None:
     expected = manifest["expected"]
     for table, n in expected["silver"].items():
-        rows = _table(lake, "silver", table)
+        rows = delta_rows(lake, "silver", table)
         assert len(rows) == n, table
         assert len({r["event_id"] for r in rows}) == n, f"duplicate event_id in {table}"
-    codes = Counter(r["error_code"] for r in _table(lake, "silver", "quarantine"))
+    codes = Counter(r["error_code"] for r in delta_rows(lake, "silver", "quarantine"))
     assert codes == {k: v for k, v in expected["quarantine"].items() if v}
-    bronze = _table(lake, "bronze", "events")
+    bronze = delta_rows(lake, "bronze", "events")
     assert len(bronze) == manifest["total"]
-
-
-def _delta_versions(path: str) -> int:
-    log = Path(path) / "_delta_log"
-    return len(list(log.glob("*.json"))) if log.exists() else 0
 
 
 @pytest.mark.slow
@@ -261,19 +241,8 @@ def test_silver_survives_sigkill_mid_batch(spark, kafka_lake) -> None:
         lake.settings.lakehouse.table_path("silver", t)
         for t in ("user_actions", "content_uploads", "system_events", "quarantine")
     ]
-    proc = lake.popen("stream", "--layers", "silver", "--available-now")
-    try:
-        deadline = time.monotonic() + 300
-        while (
-            max(_delta_versions(t) for t in tables) < 2 and time.monotonic() < deadline
-        ):
-            assert proc.poll() is None, proc.stdout.read()
-            time.sleep(0.1)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
+    sigkill_stream(lake, "silver", lambda: max(delta_versions(t) for t in tables) >= 2,
+                   poll_s=0.1)
     # The restart: another process (this one) from the killed run's checkpoint.
     run_layers(spark, lake.settings, ["silver"], available_now=True)
     _assert_matches_manifest(lake, manifest)
@@ -289,11 +258,11 @@ def test_silver_tables_keep_statistics_of_their_filter_columns_only(spark, lake)
     s = lake.settings
     ua = s.topic("user_actions").name
     ensure_silver(spark, s)
-    process_batch(_bronze(spark, [(ua, 0, 1, json.dumps(V2)), (ua, 0, 2, "{")]),
+    process_batch(bronze_df(spark, [(ua, 0, 1, json.dumps(V2)), (ua, 0, 2, "{")]),
                   0, s, "query-a")
     for table, expected in [("user_actions", {"event_time", "user_id", "media_id"}),
                             ("quarantine", {"topic", "error_code", "partition", "offset"})]:
-        actions = pa.table(DeltaTable(s.lakehouse.table_path("silver", table)).get_add_actions(
+        actions = pa.table(delta_table(lake, "silver", table).get_add_actions(
             flatten=True)).to_pydict()
         assert actions["num_records"] == [1]
         assert {k.removeprefix("min.") for k in actions if k.startswith("min.")} == expected

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import bronze_df
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -139,7 +140,7 @@ def test_fast_path_agrees_with_the_python_classifier(spark) -> None:
     hand = _hand_made()
     rows = [(topic, 0, offset, value)
             for offset, (topic, value) in enumerate(hand + _generated(4_000))]
-    bronze = spark.createDataFrame(rows, "topic string, partition int, offset long, value binary")
+    bronze = bronze_df(spark, rows)
     fast = fast_classify(bronze, TOPIC_TYPES, MAX_BYTES).cache()
     classified = classify_records(bronze, TOPIC_TYPES, MAX_BYTES).cache()
     taken: set[int] = set()
@@ -179,9 +180,6 @@ def test_a_missing_project_jar_is_a_clear_error(spark, monkeypatch) -> None:
     import pipelines.silver.fastpath as fastpath
 
     monkeypatch.setattr(fastpath, "_JAVA_CLASS", "lakehouse.silver.NoSuchFastPath")
-    bronze = spark.createDataFrame(
-        [(UA, 0, 0, _compact(V2).encode())],
-        "topic string, partition int, offset long, value binary",
-    )
+    bronze = bronze_df(spark, [(UA, 0, 0, _compact(V2).encode())])
     with pytest.raises(RuntimeError, match=r"not on Spark's classpath.*--project-jar"):
         fast_classify(bronze, TOPIC_TYPES, MAX_BYTES)

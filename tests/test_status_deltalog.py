@@ -6,7 +6,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import socket
 import time
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -14,6 +13,7 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 from deltalake import DeltaTable, write_deltalake
+from helpers import free_port, metric_samples
 from prometheus_client.parser import text_string_to_metric_families
 
 from pipelines.catalog import BY_NAME, STREAMS
@@ -97,9 +97,7 @@ def lake(lake, unused_port: int):  # noqa: ANN001, ANN201 - conftest's Lake
 
 @pytest.fixture
 def unused_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
+    return free_port()
 
 
 @pytest.fixture
@@ -239,10 +237,9 @@ def test_cli_status_and_metrics_without_spark(settings: Settings, lake, tmp_path
     result = lake.cli("status", "--metrics-file", str(prom), timeout=60)
     assert "Bronze -> silver accounting" in result.stdout
     samples = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(prom.read_text())
-        for s in family.samples
-        if s.name in ("lakehouse_table_rows", "lakehouse_stream_lag_records",
+        key: value
+        for key, value in metric_samples(text_string_to_metric_families(prom.read_text())).items()
+        if key[0] in ("lakehouse_table_rows", "lakehouse_stream_lag_records",
                       "lakehouse_quarantine_rows")
     }
     assert samples == {

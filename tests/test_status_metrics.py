@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import re
-import socket
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +13,7 @@ from types import SimpleNamespace
 
 import yaml
 from delta.tables import DeltaTable
-from kafka import KafkaProducer
+from helpers import free_port, metric_samples, produce
 from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
@@ -29,14 +28,8 @@ DASHBOARD = PROJECT_ROOT / "conf" / "monitoring" / "grafana" / "lakehouse-dashbo
 PROMETHEUS = PROJECT_ROOT / "conf" / "monitoring" / "prometheus.yml"
 
 
-def _dead_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
 def _without_broker(settings):
-    kafka = settings.kafka.model_copy(update={"bootstrap": f"localhost:{_dead_port()}"})
+    kafka = settings.kafka.model_copy(update={"bootstrap": f"localhost:{free_port()}"})
     return settings.model_copy(update={"kafka": kafka})
 
 
@@ -45,12 +38,7 @@ def _append(spark, path: str, rows: list[tuple], schema: str) -> None:
 
 
 def _samples(registry: CollectorRegistry, prefix: str = "lakehouse_") -> dict[tuple, float]:
-    return {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in registry.collect()
-        for s in family.samples
-        if s.name.startswith(prefix)
-    }
+    return {k: v for k, v in metric_samples(registry.collect()).items() if k[0].startswith(prefix)}
 
 
 # --- status on tiny tables ------------------------------------------------------------
@@ -164,11 +152,8 @@ def test_status_tables_accounting_quarantine_and_delta_lag(spark, lake) -> None:
 
 
 def _produce(settings, records: list[tuple[str, str]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap, acks="all")
-    for topic, value in records:
-        producer.send(settings.topic(topic).name, key=b"k", value=value.encode())
-    producer.flush()
-    producer.close()
+    produce(settings.kafka.bootstrap,
+            [(settings.topic(topic).name, b"k", value.encode()) for topic, value in records])
 
 
 def test_bronze_lag_from_its_checkpoint_and_listener_metrics(spark, kafka_lake) -> None:
@@ -261,11 +246,7 @@ def test_metrics_of_a_report_and_their_textfile(tmp_path: Path) -> None:
 
     out = tmp_path / "lakehouse.prom"
     write_textfile(registry, str(out))
-    parsed = {
-        (s.name, tuple(sorted(s.labels.items()))): s.value
-        for family in text_string_to_metric_families(out.read_text())
-        for s in family.samples
-    }
+    parsed = metric_samples(text_string_to_metric_families(out.read_text()))
     assert parsed == expected
 
 
