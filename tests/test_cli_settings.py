@@ -169,7 +169,7 @@ def test_cli_missing_jdk_is_one_line_exit_1(tmp_path: Path, monkeypatch) -> None
 
     monkeypatch.setattr(jvm, "JAR_CACHE", tmp_path / "jars")
     monkeypatch.setattr(jvm.shutil, "which", lambda _: None)
-    result = runner.invoke(app, ["retrain"])
+    result = runner.invoke(app, ["reconcile"])
     assert result.exit_code == 1
     [line] = result.stderr.strip().splitlines()
     assert line.startswith("lakehouse: error: javac (a JDK 17) is needed once")
