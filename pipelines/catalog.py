@@ -72,6 +72,13 @@ SILVER_SYSTEM_EVENTS = CatalogTable(
     stats_columns=("event_time", "service", "host"),
 )
 # One row per rejected Kafka record, by its coordinates.
+# The event type (schema registry name) each silver event table holds; a silver table's
+# name is also the `kafka.topics` key of its source topic.
+EVENT_TYPES = {
+    SILVER_USER_ACTIONS.table: "user_action",
+    SILVER_CONTENT_UPLOADS.table: "content_upload",
+    SILVER_SYSTEM_EVENTS.table: "system_event",
+}
 SILVER_QUARANTINE = CatalogTable(
     "silver", "quarantine", "silver_events", keys=("topic", "partition", "offset"),
     zorder_by=("topic", "error_code"), stats_columns=("topic", "error_code", "partition", "offset"),

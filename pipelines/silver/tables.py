@@ -37,10 +37,10 @@ class SilverTable:
         return self.entry.table
 
 
-TABLES = (
-    SilverTable(catalog.SILVER_USER_ACTIONS, "user_action"),
-    SilverTable(catalog.SILVER_CONTENT_UPLOADS, "content_upload"),
-    SilverTable(catalog.SILVER_SYSTEM_EVENTS, "system_event"),
+TABLES = tuple(
+    SilverTable(entry, catalog.EVENT_TYPES[entry.table])
+    for entry in (catalog.SILVER_USER_ACTIONS, catalog.SILVER_CONTENT_UPLOADS,
+                  catalog.SILVER_SYSTEM_EVENTS)
 )
 BY_TABLE = {t.table: t for t in TABLES}
 

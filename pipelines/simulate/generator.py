@@ -23,14 +23,12 @@ from itertools import accumulate
 from random import Random
 from typing import Any
 
+from pipelines.catalog import EVENT_TYPES
 from pipelines.schemas.registry import latest_version, v1_event_id
 from pipelines.settings import SimulateSettings
 
-TOPIC_EVENT_TYPES = {
-    "user_actions": "user_action",
-    "content_uploads": "content_upload",
-    "system_events": "system_event",
-}
+# The topics' kinds (keys of `kafka.topics`) and the event type each carries.
+TOPIC_EVENT_TYPES = EVENT_TYPES
 BAD_KINDS = ("invalid_json", "schema_violation", "unknown_version", "oversize")
 KINDS = ("valid", "duplicate", *BAD_KINDS)
 
