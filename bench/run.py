@@ -557,7 +557,7 @@ def _add_history(spark, settings, rows: int, start: int) -> None:  # noqa: ANN00
         actions_table.path(settings))
 
 
-def _held_whole_table(spark, settings, keys):  # noqa: ANN001, ANN202
+def _held_whole_table(spark, conf, keys):  # noqa: ANN001, ANN202
     """Silver's lookup before it was bounded to the batch's dates: every held key of
     the three tables (kept here to measure against)."""
     from functools import reduce
@@ -569,7 +569,7 @@ def _held_whole_table(spark, settings, keys):  # noqa: ANN001, ANN202
 
     coords = coordinates(SOURCE)
     tables = (
-        spark.read.format("delta").load(t.entry.path(settings))
+        spark.read.format("delta").load(conf.paths[t.table])
         .select(F.lit(t.event_type).alias("event_type"), "event_id", *coords)
         for t in TABLES
     )
@@ -638,7 +638,7 @@ def bench_history(batch_records: int, sizes: list[int]) -> None:
     from pipelines.runtime.spark import build_spark
     from pipelines.silver import dedup
     from pipelines.silver import job as silver_job
-    from pipelines.silver.tables import QUARANTINE, TABLES
+    from pipelines.silver.tables import QUARANTINE, TABLES, SilverConf
 
     settings = _settings("history")
     spark = build_spark(settings.spark)
@@ -669,7 +669,8 @@ def bench_history(batch_records: int, sizes: list[int]) -> None:
         return round(seconds, 1)
 
     def silver_batch() -> None:
-        silver_job.process_batch(batch, 0, settings, app_id=f"bench-{uuid.uuid4()}")
+        silver_job.process_batch(batch, 0, SilverConf.from_settings(settings),
+                                 app_id=f"bench-{uuid.uuid4()}")
 
     results, held = [], 0
     try:

@@ -19,6 +19,7 @@ from pipelines.silver.classify import classify_records, to_events
 from pipelines.silver.dedup import rank_in_batch
 from pipelines.silver.fastpath import fast_classify
 from pipelines.silver.job import ensure_silver, process_batch
+from pipelines.silver.tables import SilverConf
 
 UA, CU = "media.user-actions", "media.content-uploads"
 TOPIC_TYPES = {UA: "user_action", CU: "content_upload"}
@@ -85,13 +86,14 @@ def test_process_batch_dedups_across_batches_and_replays(spark, lake) -> None:
     batch1 = bronze_df(spark, [(ua, 0, 1, json.dumps(V1)), (ua, 0, 2, json.dumps(V1)),
                                (ua, 0, 3, "nope")])
     ensure_silver(spark, s)
-    process_batch(batch1, 0, s, "query-a")
-    process_batch(batch1, 0, s, "query-a")  # a replay after a crash: Delta skips the appends
+    process_batch(batch1, 0, SilverConf.from_settings(s), "query-a")
+    # A replay after a crash: Delta skips the appends.
+    process_batch(batch1, 0, SilverConf.from_settings(s), "query-a")
     # The same records under a new checkpoint (another writer id, batch ids from 0):
     # every record finds itself in silver or quarantine, nothing is added.
-    process_batch(batch1, 0, s, "query-b")
+    process_batch(batch1, 0, SilverConf.from_settings(s), "query-b")
     batch2 = bronze_df(spark, [(ua, 1, 40, json.dumps(V1)), (ua, 1, 41, json.dumps(V2))])
-    process_batch(batch2, 1, s, "query-b")
+    process_batch(batch2, 1, SilverConf.from_settings(s), "query-b")
     silver = spark.read.format("delta").load(s.lakehouse.table_path("silver", "user_actions"))
     assertDataFrameEqual(
         silver.select("event_id", "source_partition", "source_offset"),
@@ -138,7 +140,7 @@ def test_values_python_would_alter_go_to_quarantine_not_silver(spark, lake) -> N
     topics = {UA: s.topic("user_actions").name, SE: s.topic("system_events").name}
     rows = [(topics[t], 0, i, value) for i, (t, value, _, _) in enumerate(HOSTILE)]
     ensure_silver(spark, s)
-    process_batch(bronze_df(spark, rows), 0, s, "query")
+    process_batch(bronze_df(spark, rows), 0, SilverConf.from_settings(s), "query")
     for table in ("user_actions", "system_events"):
         assert delta_table(lake, "silver", table).to_pyarrow_table().num_rows == 0
     quarantine = spark.read.format("delta").load(s.lakehouse.table_path("silver", "quarantine"))
@@ -177,8 +179,8 @@ def test_an_id_reused_on_another_date_is_moved_by_reconcile(spark, lake) -> None
     bronze = bronze_df(spark, rows).withColumn("kafka_timestamp", F.current_timestamp())
     bronze.write.format("delta").save(s.lakehouse.table_path("bronze", "events"))
     ensure_silver(spark, s)
-    process_batch(bronze_df(spark, rows[:1]), 0, s, "query")
-    process_batch(bronze_df(spark, rows[1:]), 1, s, "query")
+    process_batch(bronze_df(spark, rows[:1]), 0, SilverConf.from_settings(s), "query")
+    process_batch(bronze_df(spark, rows[1:]), 1, SilverConf.from_settings(s), "query")
     silver_path = s.lakehouse.table_path("silver", "user_actions")
     assert spark.read.format("delta").load(silver_path).count() == 2  # passed the lookup
     conf = EngagementConf.from_settings(s)
@@ -259,7 +261,7 @@ def test_silver_tables_keep_statistics_of_their_filter_columns_only(spark, lake)
     ua = s.topic("user_actions").name
     ensure_silver(spark, s)
     process_batch(bronze_df(spark, [(ua, 0, 1, json.dumps(V2)), (ua, 0, 2, "{")]),
-                  0, s, "query-a")
+                  0, SilverConf.from_settings(s), "query-a")
     for table, expected in [("user_actions", {"event_time", "user_id", "media_id"}),
                             ("quarantine", {"topic", "error_code", "partition", "offset"})]:
         actions = pa.table(delta_table(lake, "silver", table).get_add_actions(

@@ -21,12 +21,12 @@ from functools import reduce
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from pipelines.settings import Settings
 from pipelines.silver.cache import BatchCache, Sized
 from pipelines.silver.tables import (
     SOURCE,
     SOURCE_COLUMNS,
     TABLES,
+    SilverConf,
     coordinates,
     renamed_coordinates,
 )
@@ -36,13 +36,13 @@ FIRST, HELD = "first_", "held_"
 _KEY = ("event_type", "event_id")
 
 
-def settle(spark: SparkSession, settings: Settings, keys: DataFrame, cache: BatchCache) -> Sized:
+def settle(spark: SparkSession, conf: SilverConf, keys: DataFrame, cache: BatchCache) -> Sized:
     """The records of `keys` (see `Classified.keys`) that are not new, with the flags
     `_new` (false) and `_duplicate`, and `first_*` the coordinates of the occurrence
     kept; cached in `cache`, and marked for a broadcast when small."""
     repeated = cache.sized(repeated_ids(keys, _KEY)).to_join
     # Looked up as `held` of this module at each call (bench/run.py swaps it).
-    in_tables = cache.sized(held(spark, settings, keys)).to_join
+    in_tables = cache.sized(held(spark, conf, keys)).to_join
     # Every record that is not new: a later copy in the batch, a copy of a held
     # row, or a held row itself (a replay under a new checkpoint).
     return cache.sized(
@@ -65,7 +65,7 @@ def repeated_ids(events: DataFrame, by: tuple[str, ...] = ("event_id",)) -> Data
     )
 
 
-def held(spark: SparkSession, settings: Settings, keys: DataFrame) -> DataFrame:
+def held(spark: SparkSession, conf: SilverConf, keys: DataFrame) -> DataFrame:
     """(event_type, event_id, source coordinates) of the rows the silver tables
     already hold for the ids of `keys`, looked up where a copy of the batch's records
     can be: in the event-date partitions they name, within their event-time span (key
@@ -81,7 +81,7 @@ def held(spark: SparkSession, settings: Settings, keys: DataFrame) -> DataFrame:
     ).collect()
     by_type = {row["event_type"]: row for row in spans}
     tables = [
-        spark.read.format("delta").load(t.entry.path(settings))
+        spark.read.format("delta").load(conf.paths[t.table])
         .filter(F.col("event_date").isin(by_type[t.event_type]["dates"]))
         .filter(F.col("event_time").between(
             F.expr(f"timestamp'{by_type[t.event_type]['low']}'"),

@@ -35,7 +35,13 @@ from pipelines.settings import Settings
 from pipelines.silver.cache import BatchCache
 from pipelines.silver.classify import classify_batch
 from pipelines.silver.dedup import settle
-from pipelines.silver.tables import QUARANTINE, QUARANTINE_SCHEMA, TABLES, ensure_silver_table
+from pipelines.silver.tables import (
+    QUARANTINE,
+    QUARANTINE_SCHEMA,
+    TABLES,
+    SilverConf,
+    ensure_silver_table,
+)
 from pipelines.silver.write import write_batch
 
 QUERY_NAME = "silver_events"
@@ -45,7 +51,7 @@ _QUERY_ID_PROPERTY = "sql.streaming.queryId"
 
 
 def process_batch(
-    batch: DataFrame, batch_id: int, settings: Settings, app_id: str | None = None
+    batch: DataFrame, batch_id: int, conf: SilverConf, app_id: str | None = None
 ) -> None:
     """One micro-batch of bronze rows -> silver tables and quarantine (created by
     `ensure_silver`), idempotently.
@@ -65,13 +71,11 @@ def process_batch(
         if not query_id:
             raise ValueError("process_batch outside a streaming query needs an app_id")
         app_id = f"{QUERY_NAME}-{query_id}"
-    topic_types = {settings.topic(t.table).name: t.event_type for t in TABLES}
-    max_bytes = settings.streaming.max_record_bytes
-    cache = BatchCache(settings.streaming.broadcast_max_rows)
+    cache = BatchCache(conf.broadcast_max_rows)
     try:
-        records = classify_batch(batch, topic_types, max_bytes, cache)
-        settled = settle(spark, settings, records.keys(), cache)
-        write_batch(settings, records, settled, app_id, batch_id)
+        records = classify_batch(batch, dict(conf.topic_types), conf.max_record_bytes, cache)
+        settled = settle(spark, conf, records.keys(), cache)
+        write_batch(conf, records, settled, app_id, batch_id)
     finally:
         cache.release()
 
@@ -91,7 +95,5 @@ def start(spark: SparkSession, settings: Settings, available_now: bool) -> list[
     ensure_bronze(spark, settings)
     ensure_silver(spark, settings)
     bronze = read_delta_stream(spark, catalog.BRONZE_EVENTS.path(settings), settings.streaming)
-    return [start_stream(
-        settings, QUERY_NAME, bronze, partial(process_batch, settings=settings),
-        available_now=available_now,
-    )]
+    body = partial(process_batch, conf=SilverConf.from_settings(settings))
+    return [start_stream(settings, QUERY_NAME, bronze, body, available_now=available_now)]

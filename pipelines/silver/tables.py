@@ -9,6 +9,7 @@ the two that change meaning: `timestamp` becomes `event_time` and
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -20,6 +21,7 @@ from pipelines.catalog import CatalogTable
 from pipelines.io.delta import ensure_table
 from pipelines.schemas.registry import ERROR_CODES as CLASSIFIER_CODES
 from pipelines.schemas.registry import spark_schema
+from pipelines.settings import Settings
 
 QUARANTINE = catalog.SILVER_QUARANTINE
 # The classifier's codes, and the one the dedup adds.
@@ -43,6 +45,25 @@ TABLES = tuple(
                   catalog.SILVER_SYSTEM_EVENTS)
 )
 BY_TABLE = {t.table: t for t in TABLES}
+
+
+@dataclass(frozen=True)
+class SilverConf:
+    """What a silver micro-batch needs of the settings, as plain values."""
+
+    paths: Mapping[str, str]  # silver table name (event tables and quarantine) -> path
+    topic_types: Mapping[str, str]  # source topic name -> event type
+    max_record_bytes: int
+    broadcast_max_rows: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SilverConf:
+        return cls(
+            paths={t.table: t.path(settings) for t in (*(t.entry for t in TABLES), QUARANTINE)},
+            topic_types={settings.topic(t.table).name: t.event_type for t in TABLES},
+            max_record_bytes=settings.streaming.max_record_bytes,
+            broadcast_max_rows=settings.streaming.broadcast_max_rows,
+        )
 
 _RENAMES = {"timestamp": "event_time", "schemaVersion": "schema_version"}
 

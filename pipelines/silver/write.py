@@ -13,7 +13,6 @@ from pyspark.sql import functions as F
 
 from pipelines.io.concurrent import side_by_side
 from pipelines.io.delta import append_once
-from pipelines.settings import Settings
 from pipelines.silver.cache import Sized
 from pipelines.silver.classify import Classified
 from pipelines.silver.dedup import FIRST, duplicate_rows
@@ -22,6 +21,7 @@ from pipelines.silver.tables import (
     QUARANTINE_SCHEMA,
     SOURCE,
     TABLES,
+    SilverConf,
     coordinates,
     renamed_coordinates,
 )
@@ -32,18 +32,18 @@ _DUPLICATE_COLUMNS = ["event_id", *coordinates(SOURCE), *coordinates(FIRST)]
 
 
 def write_batch(
-    settings: Settings, records: Classified, settled: Sized, app_id: str, batch_id: int
+    conf: SilverConf, records: Classified, settled: Sized, app_id: str, batch_id: int
 ) -> None:
     """The batch's `records` -> the silver tables (minus the `settled` ones: not new,
     see `dedup.settle`) and the quarantine, by the writer `app_id` as its `batch_id`."""
     # The quarantine first: its jobs are small, but queued behind the big table's
     # tasks (FIFO within the pool) they ran after it, a tail of mostly idle cores.
-    writes = [partial(_append_rejected, settings, records, settled, app_id, batch_id)]
+    writes = [partial(_append_rejected, conf, records, settled, app_id, batch_id)]
     writes += [
         partial(
             append_once,
             _new_events(records, settled.to_join, table.event_type),
-            table.entry.path(settings), app_id, batch_id,
+            conf.paths[table.table], app_id, batch_id,
         )
         for table in TABLES
     ]
@@ -58,7 +58,7 @@ def _new_events(records: Classified, not_new: DataFrame, event_type: str) -> Dat
 
 
 def _append_rejected(
-    settings: Settings, records: Classified, settled: Sized, app_id: str, batch_id: int
+    conf: SilverConf, records: Classified, settled: Sized, app_id: str, batch_id: int
 ) -> None:
     """Bad records and duplicates -> quarantine, except rows it already holds (by
     Kafka coordinates: a replay under a new checkpoint). `settled`: the batch's
@@ -70,7 +70,7 @@ def _append_rejected(
     if not settled.cached.filter("_duplicate").isEmpty():
         dups = settled.to_join.filter("_duplicate").select(*_DUPLICATE_COLUMNS)
         rejected = rejected.unionByName(duplicate_rows(_with_values(dups, records.fast)))
-    quarantine = QUARANTINE.path(settings)
+    quarantine = conf.paths[QUARANTINE.table]
     # Only the batch's own offset ranges can hold a replayed record: with offset
     # statistics, Delta skips every file of other ranges (the cost is the batch's).
     ranges = records.fast.groupBy("topic", "partition").agg(
