@@ -264,14 +264,18 @@ def _silver(spark: SparkSession, conf: EngagementConf) -> DataFrame:
 def refresh_windows(spark: SparkSession, conf: EngagementConf, events: DataFrame) -> int:
     """Recompute the media windows of `events` from silver; returns windows written."""
     windows = touched_windows(events, conf.window)
-    # A window that crosses midnight spans two event_date partitions.
-    day_bounds = F.array(F.to_date("window_start"), F.to_date("window_end"))
-    dates = _collect_dates(windows.select(F.explode(day_bounds)))
-    if not dates:
+    # One Spark action for the dates (a window that crosses midnight spans two
+    # event_date partitions) and the time bounds of the windows.
+    fmt = "yyyy-MM-dd HH:mm:ss.SSSSSS"
+    span = windows.agg(
+        F.array_sort(F.array_distinct(F.flatten(F.collect_list(
+            F.array(F.to_date("window_start"), F.to_date("window_end")))))).alias("dates"),
+        F.date_format(F.min("window_start"), fmt).alias("low"),
+        F.date_format(F.max("window_end"), fmt).alias("high"),
+    ).first()
+    if span is None or not span["dates"]:
         return 0
-    low, high = _time_bounds(windows.select(F.explode(F.array("window_start", "window_end"))
-                                            .alias("t")))
-    assert low is not None and high is not None  # dates were found: windows exist
+    dates, low, high = span["dates"], span["low"], span["high"]
     actions = (
         _silver(spark, conf)
         .filter(F.col("event_date").isin(dates))
