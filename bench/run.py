@@ -11,6 +11,7 @@ conf/local.yaml under a separate lakehouse root (bench/tmp).
 from __future__ import annotations
 
 import argparse
+import ast
 import contextlib
 import functools
 import json
@@ -257,9 +258,10 @@ def _per_topic(settings) -> dict[str, int]:  # noqa: ANN001
 
 def _drain_all_live(spark, settings, records: int) -> float:  # noqa: ANN001
     """Every query of every layer live in this driver (processing-time triggers) from
-    an empty lakehouse; done when each query has taken in every row of its source:
-    bronze and silver the `records`, each gold query the rows of the silver table it
-    reads. Rows per query are summed over its progress reports, by batch id."""
+    an empty lakehouse; done when each query's committed offsets cover its source:
+    bronze the topics' end offsets, every other query the latest version of the Delta
+    table it reads, once the layer below is done. Rows per query (summed over its
+    progress reports, by batch id) are printed for the record."""
     from deltalake import DeltaTable
 
     from pipelines import catalog
@@ -267,19 +269,34 @@ def _drain_all_live(spark, settings, records: int) -> float:  # noqa: ANN001
 
     shutil.rmtree(settings.lakehouse.root, ignore_errors=True)
     sources = {s.query: s.source for s in catalog.STREAMS}
+    ends = _per_topic_partitions(settings)
     taken: dict[str, dict[int, int]] = {}
+    finished: set[str] = set()
 
-    def wanted(query: str) -> int:
-        source = sources[query]
-        if source in ("kafka", "bronze.events"):
-            return records
-        return DeltaTable(catalog.table(source).path(settings)).to_pyarrow_table(
-            columns=[]).num_rows
+    def covered(query) -> bool:  # noqa: ANN001
+        progress = query.lastProgress
+        if not progress or not progress["sources"]:
+            return False
+        end = progress["sources"][0]["endOffset"]
+        # PySpark hands a source's offset over as str() of the parsed JSON.
+        end = ast.literal_eval(end) if isinstance(end, str) else end
+        source = sources[query.name]
+        if source == "kafka":
+            return all(end.get(topic, {}).get(str(p), -1) >= offset
+                       for topic, parts in ends.items() for p, offset in parts.items())
+        upstream = "bronze_events" if source == "bronze.events" else "silver_events"
+        if upstream not in finished:
+            return False
+        # {"reservoirVersion": v, "index": -1}: every version before v is taken in.
+        latest = DeltaTable(catalog.table(source).path(settings)).version()
+        return int(end["reservoirVersion"]) > latest
 
     started = time.monotonic()
     queries = start_layers(spark, settings, ["bronze", "silver", "gold"])
     try:
-        while True:
+        while len(finished) < len(queries):
+            if time.monotonic() - started > 3600:
+                raise RuntimeError(f"all layers live: only {sorted(finished)} done in an hour")
             for q in queries:
                 if q.exception():
                     raise RuntimeError(f"{q.name}: {q.exception()}")
@@ -287,16 +304,30 @@ def _drain_all_live(spark, settings, records: int) -> float:  # noqa: ANN001
                     # An idle trigger reports the last batch id again with no rows.
                     rows = taken.setdefault(q.name, {})
                     rows[p["batchId"]] = max(rows.get(p["batchId"], 0), p["numInputRows"])
-            done = {q.name: sum(taken.get(q.name, {}).values()) for q in queries}
-            upstream = ("bronze_events", "silver_events")
-            if all(done[n] >= records for n in upstream) and all(
-                done[q.name] >= wanted(q.name) for q in queries if q.name not in upstream
-            ):
-                return time.monotonic() - started
+                if q.name not in finished and covered(q):
+                    finished.add(q.name)
             time.sleep(1)
+        elapsed = time.monotonic() - started
+        print("all layers live: rows per query",
+              {name: sum(rows.values()) for name, rows in taken.items()}, flush=True)
+        return elapsed
     finally:
         for q in queries:
             q.stop()
+
+
+def _per_topic_partitions(settings) -> dict[str, dict[str, int]]:  # noqa: ANN001
+    """Each source topic's end offset per partition."""
+    from pipelines.ops.status import kafka_offsets
+
+    offsets, reason = kafka_offsets(
+        settings.kafka.bootstrap, settings.kafka.source_topics, settings.kafka.admin_timeout_s
+    )
+    if offsets is None:
+        raise RuntimeError(f"cannot read the bench topics' offsets: {reason}")
+    return {
+        topic: {str(p): end for p, (_, end) in parts.items()} for topic, parts in offsets.items()
+    }
 
 
 # The ops tables the gold queries keep (their watermark, late events, health state).
