@@ -99,6 +99,33 @@ def synthetic_sessions(spark: SparkSession, n: int, users: int, media: int, days
     )  # fmt: skip
 
 
+def uploads_of(spark: SparkSession, media: int) -> DataFrame:
+    """silver.content_uploads rows of the catalog: media `m` has genre `m % GENRES`
+    (as `synthetic_sessions` plants it) and one of 50 creators, uploaded a day before
+    the first session."""
+    at = F.timestamp_seconds(F.lit(START_EPOCH_S - 86_400))
+    columns = [f.name for f in silver_schema("content_upload").fields]
+    return (
+        spark.range(media)
+        .select(
+            F.format_string("up-%06d", F.col("id")).alias("event_id"),
+            F.format_string("m-%06d", F.col("id")).alias("media_id"),
+            F.format_string("c-%03d", F.col("id") % 50).alias("creator_id"),
+            at.alias("event_time"),
+            F.lit(None).cast("string").alias("title"),
+            F.format_string("g-%d", F.col("id") % GENRES).alias("genre"),
+            F.lit(None).cast("long").alias("duration_ms"),
+            F.lit(1).alias("schema_version"),
+            F.lit("media.content-uploads").alias("source_topic"),
+            F.lit(0).alias("source_partition"),
+            F.col("id").alias("source_offset"),
+            at.alias("processed_at"),
+            F.to_date(at).alias("event_date"),
+        )
+        .select(*columns)
+    )
+
+
 def actions_of(sessions: DataFrame) -> DataFrame:
     """silver.user_actions rows consistent with the sessions: a play at the start, the
     terminal action at the end (complete, skip, or pause then nothing)."""
@@ -191,6 +218,10 @@ def main(argv: list[str] | None = None) -> int:
         actions_of(sessions).write.format("delta").partitionBy(*actions.partition_by).save(
             actions.path(settings)
         )
+        uploads = catalog.SILVER_CONTENT_UPLOADS
+        uploads_of(spark, args.media).write.format("delta").partitionBy(
+            *uploads.partition_by
+        ).save(uploads.path(settings))
         build_s = time.monotonic() - t0
         mem_before = driver_jvm_memory()
 

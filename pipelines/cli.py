@@ -176,12 +176,7 @@ def retrain(conf: Path | None = ConfOption) -> None:
     if (missing := missing_input(settings)) is not None:
         raise UserError(missing)
     result = run(_spark(settings), settings)
-    print(
-        f"model {result['model_version'][:12]} params {result['params']}: "
-        + _retrain_line(result)
-        + f"; precision@10 {result['model']['precision_at_10']:.4f}, "
-        f"recall@10 {result['model']['recall_at_10']:.4f}"
-    )
+    print(_retrain_line(result))
 
 
 @app.command()
@@ -319,7 +314,7 @@ def demo(
 
     step("stream (available now)", drain)
     step("reconcile", lambda: f"{run_reconcile(spark, settings)['late_events']} late events")
-    step("retrain", lambda: _retrain_line(run_retrain(spark, settings)))
+    step("retrain", lambda: _retrain_line(run_retrain(spark, settings), short=True))
     step("quality", lambda: _quality_line(spark, settings))
 
     report = accounting(spark, settings)
@@ -340,13 +335,18 @@ def demo(
         raise UserError("accounting does not balance: some bronze records are unaccounted for")
 
 
-def _retrain_line(result: dict[str, Any]) -> str:
-    model, base = result["model"]["ndcg_at_10"], result["baseline"]["ndcg_at_10"]
-    if model is None or base is None:
-        return f"no holdout to evaluate on (NDCG@10 model {model}, popularity {base})"
-    verdict = "beats" if model > base else "does NOT beat"
+def _retrain_line(result: dict[str, Any], short: bool = False) -> str:
+    """The gate's decision in one line: what serves now, and why."""
+    if short:
+        model, base = result["model"]["ndcg_at_10"], result["baseline"]["ndcg_at_10"]
+        return (
+            f"{result['decision']}: {result['served']} serves; NDCG@10 of "
+            f"{result['candidate']} {model if model is None else round(model, 3)} vs "
+            f"popularity {base if base is None else round(base, 3)}"
+        )
     return (
-        f"NDCG@10 {model:.3f} vs popularity {base:.3f} (the model {verdict} popularity), "
+        f"{result['decision']}: {result['served']} serves "
+        f"(model {result['model_version'][:12]}); {result['candidate']}: {result['reason']}; "
         f"{result['total_s']}s"
     )
 

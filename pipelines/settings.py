@@ -156,12 +156,34 @@ class FeatureWeights(_Strict):
     watch_cap_hours: float = Field(ge=0)
 
 
+class TasteGrid(_Strict):
+    """The taste candidate: genre and creator affinity times popularity (lists tried)."""
+
+    creator_weight: list[float]
+    popularity_power: list[float]
+    floor: float = Field(gt=0)
+    half_life_days: float = Field(gt=0)
+
+
+class PromotionGate(_Strict):
+    min_lift: float = Field(ge=0)
+
+
+class NewUploads(_Strict):
+    days: int = Field(ge=0)
+    slots: int = Field(ge=0)
+
+
 class FeatureSettings(_Strict):
     top_k: int = Field(ge=1)
     holdout_days: int = Field(ge=1)
+    validation_days: int = Field(ge=1)
     popularity_days: int = Field(ge=1)
     seed: int
     als: AlsGrid
+    taste: TasteGrid
+    gate: PromotionGate
+    new_uploads: NewUploads
     weights: FeatureWeights
     trending_prior: float = Field(gt=0)
     relevant_watch_ms: int = Field(ge=0)
@@ -183,6 +205,8 @@ class SimulateSettings(_Strict):
     genres: list[str]
     days: int = Field(ge=1)
     start: str
+    taste_share: float = Field(ge=0, le=1)
+    catalog_uploads: bool
     v1_ratio: float = Field(ge=0, le=1)
     upload_ratio: float = Field(ge=0, le=1)
     system_ratio: float = Field(ge=0, le=1)
@@ -210,6 +234,15 @@ class QualitySettings(_Strict):
     suites: str
 
 
+class ServingSettings(_Strict):
+    """The Feast feature store the recommendation engine reads (features.serving)."""
+
+    enabled: bool
+    repo: str | None = None  # default: <lakehouse root>/_feast
+    online_store: dict[str, Any]
+    ttl_days: int = Field(ge=1)
+
+
 class Settings(_Strict):
     lakehouse: LakehouseSettings
     kafka: KafkaSettings
@@ -222,6 +255,7 @@ class Settings(_Strict):
     maintenance: MaintenanceSettings
     metrics: MetricsSettings
     quality: QualitySettings
+    serving: ServingSettings
 
     def topic(self, kind: str) -> TopicSettings:
         return self.kafka.topics[kind]

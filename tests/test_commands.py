@@ -55,7 +55,7 @@ def test_demo_summarises_and_keeps_jvm_logs_off_the_console(small_lakehouse) -> 
     for step in ("kafka up", "simulate", "stream (available now)", "reconcile", "retrain",
                  "quality"):
         assert step in out
-    assert re.search(r"NDCG@10 \d\.\d{3} vs popularity \d\.\d{3} \(the model", out)
+    assert re.search(r"(promoted|kept|popularity): ", out)
     balanced = re.findall(r"bronze (\d+) = silver (\d+) \+\s+quarantine (\d+) OK", out)
     assert len(balanced) == 3, out
     assert sum(int(b) for b, _, _ in balanced) == _rows(small_lakehouse, "bronze.events")
@@ -115,8 +115,8 @@ def test_reconcile_retrain_quality_maintain(small_lakehouse) -> None:
 
     runs = _rows(lake, "features.training_runs")
     out = _ok(lake.cli("retrain", check=False))
-    assert re.match(r"model \w{12} params .*: NDCG@10 \d\.\d{3} vs popularity \d\.\d{3} ",
-                    out.strip())
+    assert re.match(r"(promoted|kept|popularity): \S+ serves \(model \w{12}\); \S+: .*"
+                    r"candidate \d\.\d{4}, popularity \d\.\d{4}", out.strip()), out
     assert _rows(lake, "features.training_runs") == runs + 1
 
     results = _rows(lake, "ops.quality_results")

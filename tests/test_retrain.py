@@ -3,14 +3,19 @@ the outputs keep their invariants, and a retrain from recorded versions reproduc
 
 from __future__ import annotations
 
-from datetime import datetime
+import dataclasses
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from random import Random
 
 import pytest
 from pyspark.sql import DataFrame, Row, SparkSession
 from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
-from pipelines.features import retrain
+from pipelines.features import retrain, serving
+from pipelines.features.interactions import popular_items
+from pipelines.gold import engagement, notifications
 from pipelines.gold.transforms import sessionize
 from pipelines.schemas.registry import classify
 from pipelines.settings import Settings, load_settings
@@ -33,38 +38,52 @@ SMALL = {
 EVENTS, SEED = 40_000, 7
 
 
-def silver_rows(settings: Settings, events: int, seed: int) -> list[tuple]:
-    """The valid user actions of a simulated stream, as silver.user_actions rows."""
+def silver_rows(settings: Settings, events: int, seed: int) -> dict[str, list[tuple]]:
+    """The valid user actions and content uploads of a simulated stream, as
+    silver.user_actions and silver.content_uploads rows."""
     limit = settings.streaming.max_record_bytes
-    rows = []
+    rows: dict[str, list[tuple]] = {"user_action": [], "content_upload": []}
     for offset, record in enumerate(generate(settings.simulate, events, seed, limit)):
-        if record.kind != "valid" or record.topic_kind != "user_actions":
+        if record.kind != "valid" or record.event_type not in rows:
             continue
         verdict = classify(record.event_type, record.value, limit)
         e = verdict.event
         at = datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00"))
-        rows.append((
-            e["eventId"], e["userId"], e["action"], at, e["mediaId"], e.get("sessionId"),
-            e.get("positionMs"), e["device"], verdict.schema_version, "media.user-actions", 0,
-            offset + seed * 10_000_000, at, at.date(),
-        ))  # fmt: skip
+        source = (verdict.schema_version, f"media.{record.topic_kind}", 0,
+                  offset + seed * 10_000_000, at, at.date())  # fmt: skip
+        if record.event_type == "user_action":
+            rows["user_action"].append((
+                e["eventId"], e["userId"], e["action"], at, e["mediaId"], e.get("sessionId"),
+                e.get("positionMs"), e["device"], *source,
+            ))  # fmt: skip
+        else:
+            rows["content_upload"].append((
+                e["eventId"], e["mediaId"], e["creatorId"], at, e.get("title"), e.get("genre"),
+                e.get("durationMs"), *source,
+            ))  # fmt: skip
     return rows
 
 
 @pytest.fixture(scope="module")
-def world() -> dict[int, list[tuple]]:
+def world() -> dict[int, dict[str, list[tuple]]]:
     """Two simulated streams over the same calendar: the first, then "more traffic"."""
     settings = load_settings(env=SMALL)
     return {seed: silver_rows(settings, EVENTS, seed) for seed in (SEED, SEED + 1)}
 
 
-def write_inputs(spark: SparkSession, settings: Settings, rows: list[tuple]) -> None:
-    """Append actions to silver.user_actions and their sessions to gold.playback_sessions
-    (the gold engineer's `sessionize`, applied to this batch of actions)."""
-    actions = spark.createDataFrame(rows, silver_schema("user_action"))
+def write_inputs(spark: SparkSession, settings: Settings, rows: dict[str, list[tuple]]) -> None:
+    """Append actions to silver.user_actions, uploads to silver.content_uploads and the
+    actions' sessions to gold.playback_sessions (the gold engineer's `sessionize`,
+    applied to this batch of actions)."""
+    actions = spark.createDataFrame(rows["user_action"], silver_schema("user_action"))
     actions.write.format("delta").mode("append").partitionBy("event_date").save(
         settings.lakehouse.table_path("silver", "user_actions")
     )
+    if rows.get("content_upload"):
+        uploads = spark.createDataFrame(rows["content_upload"], silver_schema("content_upload"))
+        uploads.write.format("delta").mode("append").partitionBy("event_date").save(
+            settings.lakehouse.table_path("silver", "content_uploads")
+        )
     sessionize(actions, settings.gold.session_gap).write.format("delta").mode("append").save(
         settings.lakehouse.table_path("gold", "playback_sessions")
     )
@@ -94,18 +113,25 @@ def first(spark, broker_env, world, tmp_path_factory) -> dict:  # noqa: ANN001
     }
 
 
-def test_als_beats_popularity_and_outputs_keep_their_invariants(
-    spark: SparkSession, first: dict, world: dict[int, list[tuple]]
+def test_planted_tastes_promote_a_model_half_again_better_than_popularity(
+    spark: SparkSession, first: dict, world: dict[int, dict[str, list[tuple]]]
 ) -> None:
     settings, summary = first["settings"], first["summary"]
     model, baseline = summary["model"], summary["baseline"]
     assert summary["eval_users"] >= 100
-    assert model["ndcg_at_10"] > baseline["ndcg_at_10"] * 1.2, (model, baseline)
+    assert summary["decision"] == "promoted", summary["reason"]
+    assert model["ndcg_at_10"] >= baseline["ndcg_at_10"] * 1.5, (model, baseline)
+    # Every candidate point was judged on the validation split; the chosen one is the
+    # best there (the first on ties), whatever it scores on the test split.
+    tried = summary["candidates"]
+    assert [c["candidate"].split("(")[0] for c in tried] == ["als"] * 2 + ["taste"] * 4
+    assert all(c["ndcg_at_10"] is not None for c in tried)
+    best = max(tried, key=lambda c: c["ndcg_at_10"])
+    assert summary["candidate"] == best["candidate"] == summary["served"]
     assert [(g["rank"], g["reg_param"], g["alpha"]) for g in summary["grid"]] == [
         (4, 0.05, 20.0), (8, 0.05, 20.0)
     ]  # fmt: skip
-    best = max(summary["grid"], key=lambda g: g["ndcg_at_10"])
-    assert summary["params"] == {"rank": best["rank"], "reg_param": 0.05, "alpha": 20.0}
+    assert summary["validation_start"] < summary["holdout_start"]
 
     k = settings.features.top_k
     recs = spark.createDataFrame(first["recommendations"])
@@ -132,22 +158,24 @@ def test_als_beats_popularity_and_outputs_keep_their_invariants(
         model_part = [s for s in scores if s is not None]
         assert scores[: len(model_part)] == sorted(model_part, reverse=True)
 
-    media = sorted({row[4] for row in world[SEED]})  # media_id of every action
+    media = sorted({row[4] for row in world[SEED]["user_action"]})  # media_id of every action
     assert sorted(r["media_id"] for r in first["popularity"]) == media
 
     (run,) = first["runs"]
-    assert run["model_version"] == summary["model_version"]
-    assert run["input_versions"] == {"gold.playback_sessions": 0, "silver.user_actions": 0}
+    assert run["model_version"] == run["served_model_version"] == summary["model_version"]
+    assert (run["decision"], run["served_before"]) == ("promoted", None)
+    assert run["candidate"] + "(" in summary["candidate"] + "("
+    assert run["input_versions"] == {
+        "gold.playback_sessions": 0, "silver.user_actions": 0, "silver.content_uploads": 0
+    }  # fmt: skip
     assert (run["ndcg_at_10"], run["baseline_ndcg_at_10"]) == (
         model["ndcg_at_10"], baseline["ndcg_at_10"]
     )  # fmt: skip
-    assert [(g["rank"], g["ndcg_at_10"]) for g in run["grid"]] == [
-        (g["rank"], g["ndcg_at_10"]) for g in summary["grid"]
-    ]
+    assert [c["ndcg_at_10"] for c in run["candidates"]] == [c["ndcg_at_10"] for c in tried]
 
 
 def test_retrain_from_recorded_versions_reproduces_the_recommendations(
-    spark: SparkSession, first: dict, world: dict[int, list[tuple]]
+    spark: SparkSession, first: dict, world: dict[int, dict[str, list[tuple]]]
 ) -> None:
     settings = first["settings"]
     # More traffic arrives; then the recorded versions are retrained.
@@ -166,5 +194,157 @@ def test_retrain_from_recorded_versions_reproduces_the_recommendations(
     assertDataFrameEqual(
         read(spark, settings, "item_popularity"), first["popularity"], rtol=0, atol=0
     )
-    runs = read(spark, settings, "training_runs").collect()
+    runs = sorted(read(spark, settings, "training_runs").collect(), key=lambda r: r["trained_at"])
     assert [r["model_version"] for r in runs] == [first["summary"]["model_version"]] * 2
+    # The served model was this one: refit on the same inputs it ties, and ties promote.
+    assert (again["decision"], runs[-1]["served_before"]) == (
+        "promoted", first["summary"]["model_version"]
+    )  # fmt: skip
+
+
+# ---------------------------------------------------------------- no signal
+
+
+def no_signal_rows(seed: int = 3) -> dict[str, list[tuple]]:
+    """Sessions where nobody has a taste: every user picks media by one global
+    popularity, and genres and creators are dealt at random. One user, `u-cold`, has
+    a single session."""
+    rng = Random(seed)
+    start = datetime(2026, 11, 1, tzinfo=UTC)
+    media = [f"m-{i:04d}" for i in range(60)]
+    weights = [1.0 / (i + 1) for i in range(len(media))]
+    users = [f"u-{i:04d}" for i in range(200)]
+    rows: dict[str, list[tuple]] = {"user_action": [], "content_upload": []}
+    offset = iter(range(10**9))
+
+    def action(user: str, act: str, at: datetime, item: str, session: str) -> None:
+        n = next(offset)
+        rows["user_action"].append((
+            f"e-{n}", user, act, at, item, session, 0, "web", 2, "media.user-actions", 0, n,
+            at, at.date(),
+        ))  # fmt: skip
+
+    for n in range(6000):
+        user = "u-cold" if n == 0 else rng.choice(users)
+        item = rng.choices(media, weights)[0]
+        at = start + timedelta(seconds=rng.randrange(10 * 86_400))
+        action(user, "play", at, item, f"s-{n}")
+        end = rng.choice(("complete", "skip", "pause"))
+        action(user, end, at + timedelta(minutes=rng.randint(1, 50)), item, f"s-{n}")
+    for i, item in enumerate(media):
+        n = next(offset)
+        rows["content_upload"].append((
+            f"up-{i}", item, f"c-{rng.randrange(10)}", start, None, rng.choice("abcdefgh"),
+            None, 1, "media.content-uploads", 0, n, start, start.date(),
+        ))  # fmt: skip
+    return rows
+
+
+@pytest.fixture(scope="module")
+def no_signal(spark, broker_env, tmp_path_factory) -> dict:  # noqa: ANN001
+    """A lakehouse without tastes, where `u-cold` was notified of a new upload by a
+    creator they follow a day before the newest session; retrained once."""
+    root = tmp_path_factory.mktemp("no-signal") / "lake"
+    settings = load_settings(env={**broker_env, **SMALL, "LAKEHOUSE_ROOT": str(root)})
+    rows = no_signal_rows()
+    write_inputs(spark, settings, rows)
+    newest = max(r[3] for r in rows["user_action"])
+    notified = [("n-1", "u-cold", "m-new", "c-1", "new upload from a creator you follow",
+                 newest - timedelta(days=1))]  # fmt: skip
+    spark.createDataFrame(notified, notifications.SCHEMA).write.format("delta").save(
+        notifications.TABLE.path(settings)
+    )
+    summary = retrain.run(spark, settings)
+    print("retrain summary:", summary)
+    return {"settings": settings, "summary": summary,
+            "recommendations": read(spark, settings, "user_recommendations").collect()}
+
+
+def test_without_tastes_the_gate_keeps_popularity(spark: SparkSession, no_signal: dict) -> None:
+    summary, recs = no_signal["summary"], no_signal["recommendations"]
+    assert summary["decision"] == "popularity", summary["reason"]
+    assert summary["served"] == "popularity"
+    assert summary["model"]["ndcg_at_10"] <= summary["baseline"]["ndcg_at_10"] * 1.05
+    # Popularity lists: no model score, each user's list in one global order.
+    assert {r["score"] for r in recs} == {None}
+    order = {r["media_id"]: r["pop_rank"] for r in popular_items(
+        read(spark, no_signal["settings"], "item_popularity"), 100).collect()}  # fmt: skip
+    by_user: dict[str, list[str]] = {}
+    for r in sorted(recs, key=lambda r: (r["user_id"], r["rank"])):
+        by_user.setdefault(r["user_id"], []).append(r["media_id"])
+    for user, items in by_user.items():
+        if user != "u-cold":
+            assert [order[m] for m in items] == sorted(order[m] for m in items), user
+
+
+def test_a_followed_creators_new_upload_heads_a_cold_users_list(no_signal: dict) -> None:
+    cold = sorted((r["rank"], r["media_id"]) for r in no_signal["recommendations"]
+                  if r["user_id"] == "u-cold")  # fmt: skip
+    assert cold[0] == (1, "m-new")
+    assert len(cold) == no_signal["settings"].features.top_k
+    others = {r["media_id"] for r in no_signal["recommendations"] if r["user_id"] != "u-cold"}
+    assert "m-new" not in others  # nobody else follows its creator
+
+
+def test_a_completed_item_leaves_the_served_list_before_the_next_retrain(
+    spark: SparkSession, no_signal: dict, tmp_path: Path
+) -> None:
+    """The gold stream's batch body, fed a completion of a listed item, takes the item
+    off that user's list and leaves everything else as it was."""
+    settings = no_signal["settings"]
+    listed = sorted(
+        (r for r in no_signal["recommendations"] if r["user_id"] == "u-0001"),
+        key=lambda r: r["rank"],
+    )
+    target = listed[2]["media_id"]
+    at = datetime(2026, 12, 1, tzinfo=UTC)
+    batch_rows = [
+        (f"fresh-{i}", "u-0001", act, at + timedelta(minutes=i * 30), target, "s-fresh", 0,
+         "web", 2, "media.user-actions", 0, 10**9 + i, at, at.date())
+        for i, act in enumerate(("play", "complete"))
+    ]  # fmt: skip
+    batch = spark.createDataFrame(batch_rows, silver_schema("user_action"))
+    # The stream's own lakehouse: silver holds the batch, gold is the stream's.
+    stream_settings = load_settings(env={"LAKEHOUSE_ROOT": str(tmp_path / "lake")})
+    batch.write.format("delta").partitionBy("event_date").save(
+        stream_settings.lakehouse.table_path("silver", "user_actions")
+    )
+    conf = dataclasses.replace(
+        engagement.EngagementConf.from_settings(stream_settings),
+        recommendations=retrain.RECOMMENDATIONS.path(settings),
+        serving=settings,
+    )
+    engagement.ensure_tables(spark, conf)
+    engagement.process_batch(batch, 0, conf)
+
+    after = read(spark, settings, "user_recommendations").collect()
+    before = no_signal["recommendations"]
+    key = ("user_id", "rank", "media_id")
+    assert {tuple(r[k] for k in key) for r in after} == {
+        tuple(r[k] for k in key) for r in before
+        if not (r["user_id"] == "u-0001" and r["media_id"] == target)
+    }
+    assert len(after) == len(before) - 1
+    # The engine's online store follows at once.
+    online = serving.top_k(serving.store(settings), ["u-0001"])
+    assert online == {"u-0001": [r["media_id"] for r in listed if r["media_id"] != target]}
+    # A replayed batch takes nothing more off.
+    engagement.process_batch(batch, 0, conf)
+    assert read(spark, settings, "user_recommendations").count() == len(after)
+
+
+def test_retrain_publishes_the_served_lists_to_the_online_store(
+    spark: SparkSession, no_signal: dict
+) -> None:
+    """The recommendation engine's read: Feast's get_online_features returns each
+    user's served list, in rank order, as the retrain materialised it."""
+    settings, summary = no_signal["settings"], no_signal["summary"]
+    listed = {r["user_id"] for r in no_signal["recommendations"]}
+    assert summary["published"]["users"] == len(listed)
+    served: dict[str, list[str]] = {}
+    for r in sorted(no_signal["recommendations"], key=lambda r: (r["user_id"], r["rank"])):
+        served.setdefault(r["user_id"], []).append(r["media_id"])
+    # u-0001 lost an item to a completion in the test above, if it ran.
+    users = [u for u in sorted(served) if u != "u-0001"][:50] + ["u-nobody"]
+    online = serving.top_k(serving.store(settings), users)
+    assert online == {**{u: served[u] for u in users[:-1]}, "u-nobody": None}

@@ -42,7 +42,8 @@ def test_exact_number_and_ratios(records: list[SimRecord]) -> None:
         "oversize": round(N * SIM.bad.oversize),
     }  # fmt: skip
     valid = Counter(r.topic_kind for r in records if r.kind == "valid")
-    assert valid["content_uploads"] == round(N * SIM.upload_ratio)
+    # New media at their ratio, after the starting catalog's announcements.
+    assert valid["content_uploads"] == round(N * SIM.upload_ratio) + SIM.media
     assert valid["system_events"] == round(N * SIM.system_ratio)
     assert sum(r.late for r in records) == round(N * SIM.late_ratio)
 
@@ -211,8 +212,16 @@ def test_sessions_are_plausible(records: list[SimRecord]) -> None:
     assert set(actions) == {"play", "pause", "skip", "seek", "complete"}
 
 
+def test_the_starting_catalog_is_announced_first(records: list[SimRecord]) -> None:
+    first = [json.loads(r.value) for r in records[: SIM.media]]
+    assert [r.topic_kind for r in records[: SIM.media]] == ["content_uploads"] * SIM.media
+    assert [u["mediaId"] for u in first] == [f"m-{i + 1:06d}" for i in range(SIM.media)]
+    assert {u["genre"] for u in first} == set(SIM.genres)
+    assert all(u["creatorId"] for u in first)
+
+
 def test_users_have_strong_genre_tastes(records: list[SimRecord]) -> None:
-    uploads = [json.loads(r.value) for r in records
+    uploads = [json.loads(r.value) for r in records[SIM.media:]
                if r.kind == "valid" and r.topic_kind == "content_uploads"]  # fmt: skip
     assert uploads and all(u["mediaId"] > f"m-{SIM.media:06d}" for u in uploads)
     watched = Counter()

@@ -184,8 +184,13 @@ def blend_recommendations(
     users: DataFrame,
     exclude: DataFrame,
     k: int,
+    lead: DataFrame | None = None,
+    slots: int = 0,
 ) -> DataFrame:
     """Top-`k` per user of `users`: model items by score, then popular items to fill.
+
+    `lead` (user_id, media_id, lead_rank), e.g. new uploads of creators the user
+    follows, takes up to `slots` places at the head of the list (null score).
 
     `model_scores` (user_id, media_id, score) may be empty for a user (no
     factors: unknown to the model); `popular` (media_id, pop_rank) then fills
@@ -220,10 +225,24 @@ def blend_recommendations(
             F.col("pop_rank").alias("tier_rank"),
         )
     )
+    candidates = model.unionByName(fill)
+    if lead is not None and slots > 0:
+        candidates = candidates.unionByName(
+            lead.filter(F.col("lead_rank") <= slots)
+            .join(users.select("user_id").distinct(), on="user_id", how="inner")
+            .join(exclude, on=["user_id", "media_id"], how="left_anti")
+            .select(
+                "user_id",
+                "media_id",
+                F.lit(None).cast("double").alias("score"),
+                F.lit(-1).alias("tier"),
+                F.col("lead_rank").alias("tier_rank"),
+            )
+        )
     first_seen = Window.partitionBy("user_id", "media_id").orderBy("tier", "tier_rank")
     by_rank = Window.partitionBy("user_id").orderBy("tier", "tier_rank", "media_id")
     return (
-        model.unionByName(fill)
+        candidates
         .withColumn("seen", F.row_number().over(first_seen))
         .filter(F.col("seen") == 1)
         .withColumn("rank", F.row_number().over(by_rank))

@@ -1,19 +1,28 @@
-"""`lakehouse retrain`: batch retrain of the recommendation features.
+"""`lakehouse retrain`: batch retrain of the recommendation features, behind a gate.
 
-Reads gold.playback_sessions and silver.user_actions at pinned Delta versions,
-picks ALS parameters on a time-based holdout, refits on everything, and writes
-features.user_recommendations, features.item_popularity (both replaced) and
-one features.training_runs row (appended).
+Inputs, at pinned Delta versions: gold.playback_sessions and silver.user_actions,
+and when they exist silver.content_uploads (each item's genre and creator) and
+gold.notifications (who is a fan of which new upload).
 
-Serving: a user in the inputs gets the model's top-K (completed items
-excluded), filled up with popular items when the model has fewer than K for
-them (or no factors at all). A brand-new user, unknown to every table, is
-served the first K rows of features.item_popularity in the `popular_items`
-order: most unique viewers, then most plays, then media_id.
+Candidates: implicit-feedback ALS (its grid), the taste model (genre and creator
+affinity times popularity, `pipelines.features.taste`), and popularity. Three
+time splits: train, validation (`features.validation_days`), test
+(`features.holdout_days`, the newest). Every candidate point is fit before the
+validation split and judged on it; the best one is refit before the test split and
+judged there against popularity and the served model (refit the same way). The
+gate (`pipelines.features.gate`) then promotes it, keeps the served lists, or serves
+popularity; features.training_runs records the decision and why.
+
+Serving: a user's list is headed by up to `features.new_uploads.slots` new uploads
+of creators the user follows, then the model's items, then popular ones; completed
+items never appear (and the gold stream removes an item completed after the run).
+A brand-new user gets the first K rows of features.item_popularity in the
+`popular_items` order.
 
 Reproducibility: `run(..., input_versions=<a training_runs row's input_versions>)`
-time-travels to those versions; with the same settings and seed it rewrites the
-same recommendations (only `generated_at` differs) under the same model_version.
+time-travels to those versions; with the same settings, seed and served model it
+rewrites the same recommendations (only `generated_at` differs). A run on the latest
+versions also takes off its lists what was completed while it ran.
 """
 
 from __future__ import annotations
@@ -24,7 +33,7 @@ import logging
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -35,8 +44,11 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from pipelines import catalog
+from pipelines.features import gate, taste
 from pipelines.features import interactions as ix
+from pipelines.features import serving as serving_store
 from pipelines.features.evaluate import EVAL_K, ranking_metrics, relevant_items, split_sessions
+from pipelines.features.fresh import completed, drop_completed
 from pipelines.features.model import AlsParams, fit, param_grid, top_scores
 from pipelines.io.delta import latest_commit
 from pipelines.settings import FeatureSettings, Settings
@@ -49,8 +61,14 @@ RUNS = catalog.FEATURES_TRAINING_RUNS
 # Inputs by catalog name: the keys of a training run's `input_versions`.
 SESSIONS_INPUT = catalog.GOLD_PLAYBACK_SESSIONS.name
 ACTIONS_INPUT = catalog.SILVER_USER_ACTIONS.name
+UPLOADS_INPUT = catalog.SILVER_CONTENT_UPLOADS.name
+NOTIFICATIONS_INPUT = catalog.GOLD_NOTIFICATIONS.name
 INPUTS = (SESSIONS_INPUT, ACTIONS_INPUT)
+# Read when they exist; without them items have no genre or creator, and no list
+# is headed by new uploads.
+OPTIONAL_INPUTS = (UPLOADS_INPUT, NOTIFICATIONS_INPUT)
 METRICS = (f"ndcg_at_{EVAL_K}", f"precision_at_{EVAL_K}", f"recall_at_{EVAL_K}")
+NDCG = METRICS[0]
 
 SCORES_SCHEMA = T.StructType([
     T.StructField("user_id", T.StringType()),
@@ -63,10 +81,17 @@ GRID_POINT = T.StructType([
     T.StructField("alpha", T.DoubleType()),
     *(T.StructField(m, T.DoubleType()) for m in METRICS),
 ])
+PARAMS = T.MapType(T.StringType(), T.DoubleType())
+CANDIDATE_POINT = T.StructType([
+    T.StructField("candidate", T.StringType()),
+    T.StructField("params", PARAMS),
+    *(T.StructField(m, T.DoubleType()) for m in METRICS),
+])
 RUNS_SCHEMA = T.StructType([
     T.StructField("model_version", T.StringType(), False),
     T.StructField("trained_at", T.TimestampType(), False),
     T.StructField("input_versions", T.MapType(T.StringType(), T.LongType()), False),
+    # The ALS grid's best point on the validation split (ALS is always a candidate).
     T.StructField("rank", T.IntegerType(), False),
     T.StructField("reg_param", T.DoubleType(), False),
     T.StructField("alpha", T.DoubleType(), False),
@@ -75,12 +100,25 @@ RUNS_SCHEMA = T.StructType([
     T.StructField("top_k", T.IntegerType(), False),
     T.StructField("holdout_start", T.TimestampType()),
     T.StructField("eval_users", T.LongType(), False),
+    # The chosen candidate on the test split, and popularity there.
     *(T.StructField(m, T.DoubleType()) for m in METRICS),
     *(T.StructField(f"baseline_{m}", T.DoubleType()) for m in METRICS),
     T.StructField("grid", T.ArrayType(GRID_POINT), False),
     T.StructField("users", T.LongType(), False),
     T.StructField("items", T.LongType(), False),
     T.StructField("interactions", T.LongType(), False),
+    T.StructField("candidate", T.StringType()),
+    T.StructField("params", PARAMS),
+    T.StructField("validation_start", T.TimestampType()),
+    T.StructField("candidates", T.ArrayType(CANDIDATE_POINT)),
+    T.StructField("served_before", T.StringType()),
+    T.StructField(f"served_{NDCG}", T.DoubleType()),
+    T.StructField("decision", T.StringType()),
+    T.StructField("reason", T.StringType()),
+    # What serves after this run (a kept run names the earlier lists).
+    T.StructField("served_model_version", T.StringType()),
+    T.StructField("served_candidate", T.StringType()),
+    T.StructField("served_params", PARAMS),
 ])
 
 
@@ -99,20 +137,29 @@ def missing_input(settings: Settings) -> str | None:
 
 
 def current_versions(spark: SparkSession, settings: Settings) -> dict[str, int]:
-    """The latest Delta version of every input table."""
+    """The latest Delta version of every input table (optional ones if they exist)."""
     versions = {}
-    for name in INPUTS:
+    for name in INPUTS + OPTIONAL_INPUTS:
         path = catalog.table(name).path(settings)
         if not DeltaTable.isDeltaTable(spark, path):
+            if name in OPTIONAL_INPUTS:
+                continue
             raise FileNotFoundError(f"{name}: no Delta table at {path}; run the streams first")
         versions[name] = int(latest_commit(DeltaTable.forPath(spark, path))["version"])
     return versions
 
 
-def read_inputs(
-    spark: SparkSession, settings: Settings, versions: dict[str, int]
-) -> tuple[DataFrame, DataFrame]:
-    """(sessions, actions) as of `versions`, only the columns retraining uses."""
+@dataclass(frozen=True)
+class Inputs:
+    sessions: DataFrame
+    actions: DataFrame
+    meta: DataFrame  # media_id, genre, creator_id
+    notifications: DataFrame  # user_id, media_id, created_at
+
+
+def read_inputs(spark: SparkSession, settings: Settings, versions: dict[str, int]) -> Inputs:
+    """The inputs as of `versions`, only the columns retraining uses; an optional
+    input without a version is empty."""
 
     def read(name: str) -> DataFrame:
         return (
@@ -125,12 +172,24 @@ def read_inputs(
         "user_id", "media_id", "session_start", "session_end", "watch_ms", "outcome"
     )
     actions = read(ACTIONS_INPUT).select("user_id", "media_id", "action", "event_time")
-    return sessions, actions
+    if UPLOADS_INPUT in versions:
+        uploads = read(UPLOADS_INPUT).select("media_id", "creator_id", "genre", "event_time")
+    else:
+        uploads = spark.createDataFrame(
+            [], "media_id string, creator_id string, genre string, event_time timestamp"
+        )
+    if NOTIFICATIONS_INPUT in versions:
+        notified = read(NOTIFICATIONS_INPUT).select("user_id", "media_id", "created_at")
+    else:
+        notified = spark.createDataFrame(
+            [], "user_id string, media_id string, created_at timestamp"
+        )
+    return Inputs(sessions, actions, taste.item_meta(uploads), notified)
 
 
 def model_version(versions: dict[str, int], config: dict[str, Any]) -> str:
-    """A name that depends only on what determines the model: inputs, parameters, code
-    constants. Two runs on the same versions and settings share it."""
+    """A name that depends only on what determines the lists: inputs, candidate,
+    parameters, code constants. Two runs on the same versions and settings share it."""
     blob = json.dumps({"inputs": versions, "config": config}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -152,6 +211,43 @@ class Outputs:
         )
 
 
+# ---------------------------------------------------------------- candidates
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A way to make lists: `als`, `taste` or `popularity`, with its parameters."""
+
+    kind: str
+    params: tuple[tuple[str, float], ...] = ()
+
+    @classmethod
+    def of(cls, kind: str, params: Mapping[str, float] | None) -> Candidate:
+        return cls(kind, tuple(sorted((k, float(v)) for k, v in (params or {}).items())))
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(self.params)
+
+    def label(self) -> str:
+        inside = ",".join(f"{k}={v:g}" for k, v in self.params)
+        return f"{self.kind}({inside})" if inside else self.kind
+
+
+POPULARITY_ONLY = Candidate("popularity")
+
+
+def candidates(feats: FeatureSettings) -> list[Candidate]:
+    """Every point tried on the validation split, in conf order (ties go first)."""
+    als = [Candidate.of("als", p.as_dict()) for p in param_grid(feats.als)]
+    tastes = [Candidate.of("taste", p.as_dict()) for p in taste.taste_grid(feats.taste)]
+    return als + tastes
+
+
+def _als_params(candidate: Candidate) -> AlsParams:
+    p = candidate.as_dict()
+    return AlsParams(int(p["rank"]), p["reg_param"], p["alpha"])
+
+
 # ---------------------------------------------------------------- helpers with actions
 
 
@@ -168,7 +264,6 @@ class Timings(dict):
             log.info("retrain %s: %.1fs", name, self[name])
 
 
-
 def _one_row(aggregate: DataFrame) -> Row:
     """The row of an aggregate without grouping (ranking_metrics is one too)."""
     row = aggregate.head()
@@ -176,7 +271,7 @@ def _one_row(aggregate: DataFrame) -> Row:
     return row
 
 
-def _candidates(exclude: DataFrame, k: int, items: int, max_extra: int) -> int:
+def _candidates_per_user(exclude: DataFrame, k: int, items: int, max_extra: int) -> int:
     """How many scores to ask per user so k survive the exclusion of completed items.
 
     At most `max_extra` beyond k: a binge-watcher with 800 completions would make every
@@ -191,100 +286,150 @@ def _metrics(row: Row) -> dict[str, float | None]:
     return {m: (None if row[m] is None else float(row[m])) for m in METRICS}
 
 
-def _indexed(interactions: DataFrame) -> tuple[DataFrame, DataFrame, DataFrame]:
-    users = ix.id_index(interactions, "user_id", "user_idx").cache()
-    items = ix.id_index(interactions, "media_id", "item_idx").cache()
-    ratings = ix.to_ratings(interactions, users, items).cache()
-    return users, items, ratings
+@dataclass
+class Fold:
+    """What lists are made from and for whom. Training data is everything before
+    `cut` (None: everything); the users are those with a relevant item in
+    [cut, until), or `serve_to` when given (serving, nobody judged). New uploads lead a
+    list if notified in the `new_uploads.days` before `cut` (or before `anchor`).
+    Frames are cached; `release` frees them."""
 
+    spark: SparkSession
+    feats: FeatureSettings
+    inputs: Inputs
+    cut: datetime | None
+    until: datetime | None
+    k: int
+    anchor: datetime | None = None
+    serve_to: DataFrame | None = None
+    _cached: list[DataFrame] = field(default_factory=list)
 
-# ---------------------------------------------------------------- evaluation
+    def __post_init__(self) -> None:
+        feats, sessions, actions = self.feats, self.inputs.sessions, self.inputs.actions
+        if self.cut is None:
+            train = sessions
+        else:
+            train, after = split_sessions(sessions, self.cut)
+            if self.until is not None:
+                after = after.filter(F.col("session_start") < F.lit(self.until))
+            actions = actions.filter(F.col("event_time") < F.lit(self.cut))
+        self.train = self._keep(train)
+        self.relevant: DataFrame | None = None
+        if self.serve_to is None:
+            self.relevant = self._keep(relevant_items(train, after, feats.relevant_watch_ms))
+            self.users = self._keep(self.relevant.select("user_id").distinct())
+        else:
+            self.users = self._keep(self.serve_to)
+        self.exclude = self._keep(ix.completed_pairs(train))
+        self.popularity = self._keep(ix.item_popularity(
+            actions, train, feats.popularity_days, feats.trending_prior
+        ))  # fmt: skip
+        interactions = ix.implicit_feedback(train, feats.weights)
+        self.user_index = self._keep(ix.id_index(interactions, "user_id", "user_idx"))
+        self.item_index = self._keep(ix.id_index(interactions, "media_id", "item_idx"))
+        self.ratings = self._keep(ix.to_ratings(interactions, self.user_index, self.item_index))
+        self.lead = taste.followed_uploads(
+            self.inputs.notifications, self.cut or self.anchor, self.cut, feats.new_uploads.days
+        )
+        self.items = self.item_index.count()
+        self.n = _candidates_per_user(
+            self.exclude.join(self.users, on="user_id", how="inner"),
+            self.k, max(self.items, 1), feats.max_extra_candidates,
+        )  # fmt: skip
+        self.popular = self._keep(ix.popular_items(self.popularity, self.n))
+        self.can_fit = self.ratings.count() > 0
 
+    def _keep(self, frame: DataFrame) -> DataFrame:
+        self._cached.append(frame.cache())
+        return frame
 
-def evaluate_grid(
-    spark: SparkSession,
-    sessions: DataFrame,
-    actions: DataFrame,
-    grid: list[AlsParams],
-    feats: FeatureSettings,
-    timings: Timings | None = None,
-) -> dict[str, Any]:
-    """Holdout metrics of every grid point and of the popularity baseline.
-
-    The last `feats.holdout_days` days (before the newest session_end) are the test
-    set; each model is fit on the rest and judged on its top-10 for the users with a
-    relevant holdout item, completed training items excluded. Users the model
-    cannot score get popularity, as in production, for the model and the baseline.
-    """
-    timings = Timings() if timings is None else timings
-    newest = _one_row(sessions.agg(F.max("session_end")))[0]
-    cut = newest - timedelta(days=feats.holdout_days)
-    train, test = split_sessions(sessions, cut)
-    relevant = relevant_items(train, test, feats.relevant_watch_ms).cache()
-    eval_users = relevant.select("user_id").distinct().cache()
-    exclude = ix.completed_pairs(train).cache()
-    train_popularity = ix.item_popularity(
-        actions.filter(F.col("event_time") < F.lit(cut)),
-        train,
-        feats.popularity_days,
-        feats.trending_prior,
-    )
-    interactions = ix.implicit_feedback(train, feats.weights)
-    users, items, ratings = _indexed(interactions)
-    popular = None
-    try:
-        with timings.phase("holdout_prepare"):
-            n_items = items.count()
-            n = _candidates(
-                exclude.join(eval_users, on="user_id", how="inner"),
-                EVAL_K,
-                max(n_items, 1),
-                feats.max_extra_candidates,
-            )
-            popular = ix.popular_items(train_popularity, n).cache()
-            can_fit = eval_users.count() > 0 and ratings.count() > 0
-        with timings.phase("holdout_baseline"):
-            empty = spark.createDataFrame([], SCORES_SCHEMA)
-            baseline = _one_row(ranking_metrics(
-                ix.blend_recommendations(empty, popular, eval_users, exclude, EVAL_K), relevant
-            ))
-        results = []
-        for i, params in enumerate(grid):
-            if not can_fit:
-                results.append({**params.as_dict(), **dict.fromkeys(METRICS)})
-                continue
-            with timings.phase(f"holdout_fit_{i}"):
-                model = fit(ratings, params, feats.als.max_iter, feats.seed, feats.als.blocks)
-            with timings.phase(f"holdout_score_{i}"):
-                # Cached: the blend reads the scores twice (candidates and counts).
-                scores = top_scores(model, eval_users, users, items, n).cache()
-                recs = ix.blend_recommendations(scores, popular, eval_users, exclude, EVAL_K)
-                metrics = _metrics(_one_row(ranking_metrics(recs, relevant)))
-                scores.unpersist()
-            results.append({**params.as_dict(), **metrics})
-        return {
-            "holdout_start": cut,
-            "eval_users": int(baseline["users"]),
-            "baseline": _metrics(baseline),
-            "grid": results,
-        }
-    finally:
+    def release(self) -> None:
         # Dependents before what they are built on: uncaching a frame re-plans the
         # cached frames that use it.
-        for df in (popular, ratings, items, users, exclude, eval_users, relevant):
-            if df is not None:
-                df.unpersist()
+        for frame in reversed(self._cached):
+            frame.unpersist()
+
+    def scores(self, candidate: Candidate) -> DataFrame:
+        """(user_id, media_id, score) of `candidate` for this fold's users."""
+        feats = self.feats
+        if candidate.kind == "popularity" or not self.can_fit:
+            return self.spark.createDataFrame([], SCORES_SCHEMA)
+        if candidate.kind == "als":
+            model = fit(self.ratings, _als_params(candidate), feats.als.max_iter, feats.seed,
+                        feats.als.blocks)  # fmt: skip
+            return top_scores(model, self.users, self.user_index, self.item_index, self.n)
+        if candidate.kind == "taste":
+            params = taste.TasteParams(**candidate.as_dict())
+            scored = taste.taste_scores(
+                self.train, self.inputs.meta, self.popularity, params, feats.taste,
+                feats.weights, self.n,
+            )  # fmt: skip
+            return scored.join(self.users, on="user_id", how="inner")
+        raise ValueError(f"unknown candidate kind {candidate.kind!r}")
+
+    def lists(self, candidate: Candidate) -> DataFrame:
+        """The top-k lists `candidate` serves this fold's users (new uploads first,
+        popularity filling, completed items excluded)."""
+        scores = self.scores(candidate).cache()
+        self._cached.append(scores)
+        return ix.blend_recommendations(
+            scores, self.popular, self.users, self.exclude, self.k,
+            lead=self.lead, slots=self.feats.new_uploads.slots,
+        )  # fmt: skip
+
+    def judge(self, candidate: Candidate) -> dict[str, float | None]:
+        if self.relevant is None:
+            raise ValueError("a serving fold judges nobody")
+        return _metrics(_one_row(ranking_metrics(self.lists(candidate), self.relevant)))
 
 
-def _chosen(results: list[dict[str, Any]], best: AlsParams) -> dict[str, Any]:
-    return next(r for r in results if all(r[k] == v for k, v in best.as_dict().items()))
+def _judge_all(
+    fold: Fold, points: list[Candidate], timings: Timings, phase: str
+) -> list[dict[str, Any]]:
+    results = []
+    for i, candidate in enumerate(points):
+        with timings.phase(f"{phase}_{i}_{candidate.kind}"):
+            results.append({"candidate": candidate, **fold.judge(candidate)})
+    return results
 
 
-def best_params(grid: list[AlsParams], results: list[dict[str, Any]]) -> AlsParams:
-    """Highest holdout NDCG@10; the first in conf order on ties or without metrics."""
-    key = f"ndcg_at_{EVAL_K}"
-    best = max(range(len(grid)), key=lambda i: (results[i][key] or -1.0, -i))
-    return grid[best]
+def _best(results: list[dict[str, Any]], kind: str | None = None) -> Candidate:
+    """Highest NDCG@10 (of `kind`, if given); the first in conf order on ties or
+    without metrics."""
+    pool = [r for r in results if kind is None or r["candidate"].kind == kind]
+    best = max(range(len(pool)), key=lambda i: (pool[i][NDCG] or -1.0, -i))
+    return pool[best]["candidate"]
+
+
+# ---------------------------------------------------------------- the served model
+
+
+@dataclass(frozen=True)
+class Served:
+    model_version: str
+    candidate: Candidate
+
+
+def served_model(spark: SparkSession, outputs: Outputs) -> Served | None:
+    """What serves now: the newest training run's served model, if its lists exist.
+    A run written before the gate served its ALS parameters."""
+    if not (
+        DeltaTable.isDeltaTable(spark, outputs.runs)
+        and DeltaTable.isDeltaTable(spark, outputs.recommendations)
+    ):
+        return None
+    runs = spark.read.format("delta").load(outputs.runs)
+    last = runs.orderBy(F.col("trained_at").desc()).head()
+    if last is None:
+        return None
+    row = last.asDict()
+    if row.get("served_candidate"):
+        return Served(
+            row["served_model_version"],
+            Candidate.of(row["served_candidate"], row.get("served_params")),
+        )
+    legacy = {"rank": row["rank"], "reg_param": row["reg_param"], "alpha": row["alpha"]}
+    return Served(row["model_version"], Candidate.of("als", legacy))
 
 
 # ---------------------------------------------------------------- the job
@@ -293,9 +438,9 @@ def best_params(grid: list[AlsParams], results: list[dict[str, Any]]) -> AlsPara
 def run(
     spark: SparkSession, settings: Settings, input_versions: dict[str, int] | None = None
 ) -> dict[str, Any]:
-    """Retrain, write the three features tables, return a summary of the run.
+    """Retrain, gate, write the features tables, return a summary of the run.
 
-    `input_versions` ({"gold.playback_sessions": v, "silver.user_actions": v})
+    `input_versions` ({"gold.playback_sessions": v, "silver.user_actions": v, ...})
     pins the inputs (Delta time travel); by default the latest versions are used.
     """
     started = time.monotonic()
@@ -305,94 +450,186 @@ def run(
     missing = set(INPUTS) - set(versions)
     if missing:
         raise ValueError(f"input_versions lacks {sorted(missing)}")
-    versions = {name: int(versions[name]) for name in INPUTS}
+    versions = {name: int(v) for name, v in versions.items() if name in INPUTS + OPTIONAL_INPUTS}
     trained_at = datetime.now(UTC)
-    sessions, actions = read_inputs(spark, settings, versions)
-    sessions, actions = sessions.cache(), actions.cache()
     outputs = Outputs.of(settings)
-    grid = param_grid(feats.als)
+    served = served_model(spark, outputs)
+    inputs = read_inputs(spark, settings, versions)
+    inputs = Inputs(*(frame.cache() for frame in (
+        inputs.sessions, inputs.actions, inputs.meta, inputs.notifications)))  # fmt: skip
+    points = candidates(feats)
     try:
         with timings.phase("read_inputs"):
-            if sessions.isEmpty():
+            if inputs.sessions.isEmpty():
                 raise ValueError(
                     f"{SESSIONS_INPUT} has no sessions at version {versions[SESSIONS_INPUT]}"
                 )
-            actions.count()
-        evaluation = evaluate_grid(spark, sessions, actions, grid, feats, timings)
-        best = best_params(grid, evaluation["grid"])
-        w = feats.weights
-        config = {
-            "params": best.as_dict(),
-            "grid": [p.as_dict() for p in grid],
+            inputs.actions.count()
+        newest = _one_row(inputs.sessions.agg(F.max("session_end")))[0]
+        test_cut = newest - timedelta(days=feats.holdout_days)
+        valid_cut = test_cut - timedelta(days=feats.validation_days)
+
+        with timings.phase("validation_prepare"):
+            fold = Fold(spark, feats, inputs, valid_cut, test_cut, EVAL_K)
+        try:
+            tried = _judge_all(fold, points, timings, "validation")
+        finally:
+            fold.release()
+        chosen = _best(tried)
+        best_als = _best(tried, "als")
+
+        with timings.phase("test_prepare"):
+            fold = Fold(spark, feats, inputs, test_cut, None, EVAL_K)
+        try:
+            with timings.phase("test_popularity"):
+                baseline = fold.judge(POPULARITY_ONLY)
+                eval_users = fold.users.count()
+            with timings.phase("test_candidate"):
+                model = fold.judge(chosen)
+            served_metrics: dict[str, float | None] | None = None
+            if served is not None:
+                with timings.phase("test_served"):
+                    served_metrics = (
+                        model if served.candidate == chosen
+                        else baseline if served.candidate == POPULARITY_ONLY
+                        else fold.judge(served.candidate)
+                    )  # fmt: skip
+        finally:
+            fold.release()
+        decision = gate.decide(
+            model[NDCG], baseline[NDCG], None if served_metrics is None else served_metrics[NDCG],
+            feats.gate.min_lift, served is not None,
+        )  # fmt: skip
+        log.info("retrain decision: %s (%s)", decision.outcome, decision.reason)
+
+        serving = {gate.PROMOTED: chosen, gate.POPULARITY: POPULARITY_ONLY}.get(decision.outcome)
+        with timings.phase("final"):
+            written = _final(spark, feats, outputs, inputs, newest, serving, versions,
+                             trained_at)  # fmt: skip
+        if serving is not None and not input_versions:
+            # Completions the stream took off the old lists while this run read its
+            # pinned inputs: taken off the new ones too (the last day's partitions).
+            with timings.phase("catch_up"):
+                since = (newest - timedelta(days=1)).date()
+                recent = spark.read.format("delta").load(
+                    catalog.SILVER_USER_ACTIONS.path(settings)
+                ).filter(F.col("event_date") >= F.lit(since))
+                written["caught_up"] = drop_completed(
+                    spark, outputs.recommendations, completed(recent)
+                )
+        if serving is None:
+            assert served is not None  # `kept` needs served lists
+            written["model_version"] = served.model_version
+            serving = served.candidate
+        run_row = {
+            "model_version": written["model_version"],
+            "trained_at": trained_at,
+            "input_versions": versions,
+            **_als_params(best_als).as_dict(),
             "max_iter": feats.als.max_iter,
             "seed": feats.seed,
             "top_k": feats.top_k,
-            "holdout_days": feats.holdout_days,
-            "popularity_days": feats.popularity_days,
-            "blocks": feats.als.blocks,
-            "relevant_watch_ms": feats.relevant_watch_ms,
-            "weights": [w.play, w.complete, w.skip, w.watch_hour, w.watch_cap_hours,
-                        feats.trending_prior],
-            "max_extra_candidates": feats.max_extra_candidates,
+            "holdout_start": test_cut,
+            "eval_users": eval_users,
+            **model,
+            **{f"baseline_{m}": baseline[m] for m in METRICS},
+            "grid": [_by_name({**r["candidate"].as_dict(), **{m: r[m] for m in METRICS}},
+                              GRID_POINT) for r in tried if r["candidate"].kind == "als"],
+            "users": written["users"],
+            "items": written["items"],
+            "interactions": written["interactions"],
+            "candidate": chosen.kind,
+            "params": chosen.as_dict(),
+            "validation_start": valid_cut,
+            "candidates": [_by_name({"candidate": r["candidate"].kind,
+                                     "params": r["candidate"].as_dict(),
+                                     **{m: r[m] for m in METRICS}}, CANDIDATE_POINT)
+                           for r in tried],
+            "served_before": None if served is None else served.model_version,
+            f"served_{NDCG}": None if served_metrics is None else served_metrics[NDCG],
+            "decision": decision.outcome,
+            "reason": decision.reason,
+            "served_model_version": written["model_version"],
+            "served_candidate": serving.kind,
+            "served_params": serving.as_dict(),
         }  # fmt: skip
-        version = model_version(versions, config)
-        written = _final(
-            spark, feats, outputs, sessions, actions, best, version, trained_at, timings
-        )
-        run_row = _run_row(version, trained_at, versions, best, feats, evaluation, written)
         with timings.phase("write_run"):
             run_df = spark.createDataFrame([_by_name(run_row, RUNS_SCHEMA)], RUNS_SCHEMA)
-            run_df.write.format("delta").mode("append").save(outputs.runs)
+            # mergeSchema: a training_runs table from before the gate gains its columns.
+            run_df.write.format("delta").mode("append").option("mergeSchema", "true").save(
+                outputs.runs
+            )
+        if settings.serving.enabled:
+            with timings.phase("publish"):
+                written["published"] = serving_store.publish(spark, settings)
     finally:
-        sessions.unpersist()
-        actions.unpersist()
+        for frame in (inputs.sessions, inputs.actions, inputs.meta, inputs.notifications):
+            frame.unpersist()
     return {
-        "model_version": version,
+        "model_version": written["model_version"],
         "trained_at": trained_at.isoformat(),
         "input_versions": versions,
-        "params": best.as_dict(),
-        "holdout_start": evaluation["holdout_start"].isoformat(),
-        "eval_users": evaluation["eval_users"],
-        "model": _chosen(evaluation["grid"], best),
-        "baseline": evaluation["baseline"],
-        "grid": evaluation["grid"],
-        **written,
+        "candidate": chosen.label(),
+        "params": chosen.as_dict(),
+        "decision": decision.outcome,
+        "reason": decision.reason,
+        "served": serving.label(),
+        "holdout_start": test_cut.isoformat(),
+        "validation_start": valid_cut.isoformat(),
+        "eval_users": eval_users,
+        "model": model,
+        "baseline": baseline,
+        "served_before": None if served_metrics is None else served_metrics,
+        "candidates": [{"candidate": r["candidate"].label(), **{m: r[m] for m in METRICS}}
+                       for r in tried],
+        "grid": [{**r["candidate"].as_dict(), **{m: r[m] for m in METRICS}}
+                 for r in tried if r["candidate"].kind == "als"],
+        **{k: v for k, v in written.items() if k != "model_version"},
         "timings_s": dict(timings),
         "total_s": round(time.monotonic() - started, 1),
-    }
+    }  # fmt: skip
+
+
+def _config(feats: FeatureSettings, candidate: Candidate) -> dict[str, Any]:
+    """What determines a candidate's lists beyond the inputs (for `model_version`)."""
+    w, t = feats.weights, feats.taste
+    return {
+        "candidate": candidate.kind,
+        "params": candidate.as_dict(),
+        "max_iter": feats.als.max_iter,
+        "seed": feats.seed,
+        "top_k": feats.top_k,
+        "popularity_days": feats.popularity_days,
+        "blocks": feats.als.blocks,
+        "weights": [w.play, w.complete, w.skip, w.watch_hour, w.watch_cap_hours,
+                    feats.trending_prior],
+        "taste": [t.floor, t.half_life_days],
+        "new_uploads": [feats.new_uploads.days, feats.new_uploads.slots],
+        "max_extra_candidates": feats.max_extra_candidates,
+    }  # fmt: skip
 
 
 def _final(
     spark: SparkSession,
     feats: FeatureSettings,
     outputs: Outputs,
-    sessions: DataFrame,
-    actions: DataFrame,
-    params: AlsParams,
-    version: str,
+    inputs: Inputs,
+    newest: datetime,
+    serving: Candidate | None,
+    versions: dict[str, int],
     generated_at: datetime,
-    timings: Timings,
-) -> dict[str, int]:
-    """Refit on all sessions with `params`; write recommendations and popularity."""
-    exclude = ix.completed_pairs(sessions).cache()
-    popularity = ix.item_popularity(
-        actions, sessions, feats.popularity_days, feats.trending_prior
-    ).cache()
-    users_all = sessions.select("user_id").unionByName(actions.select("user_id")).distinct()
-    interactions = ix.implicit_feedback(sessions, feats.weights)
-    users, items, ratings = _indexed(interactions)
-    scores = None
+) -> dict[str, Any]:
+    """Refit `serving` on all sessions and write its lists (None: the served lists
+    stay); write item popularity."""
+    everyone = inputs.sessions.select("user_id").unionByName(
+        inputs.actions.select("user_id")
+    ).distinct()
+    fold = Fold(spark, feats, inputs, None, None, feats.top_k, anchor=newest, serve_to=everyone)
     try:
-        with timings.phase("final_prepare"):
-            n_items = items.count()
-            n = _candidates(exclude, feats.top_k, n_items, feats.max_extra_candidates)
-        with timings.phase("final_fit"):
-            model = fit(ratings, params, feats.als.max_iter, feats.seed, feats.als.blocks)
-        with timings.phase("final_recommend"):
-            scores = top_scores(model, users_all, users, items, n).cache()
-            recommendations = ix.blend_recommendations(
-                scores, ix.popular_items(popularity, n), users_all, exclude, feats.top_k
-            ).select(
+        version = None
+        if serving is not None:
+            version = model_version(versions, _config(feats, serving))
+            recommendations = fold.lists(serving).select(
                 "user_id", "rank", "media_id", "score",
                 F.lit(version).alias("model_version"),
                 F.lit(generated_at).cast("timestamp").alias("generated_at"),
@@ -400,57 +637,25 @@ def _final(
             recommendations.write.format("delta").mode("overwrite").save(
                 outputs.recommendations
             )
-        with timings.phase("final_popularity"):
-            popularity.write.format("delta").mode("overwrite").save(outputs.popularity)
+        fold.popularity.write.format("delta").mode("overwrite").save(outputs.popularity)
         return {
-            "users": users.count(),
-            "items": n_items,
-            "interactions": ratings.count(),
-            "recommendation_rows": _rows_written(spark, outputs.recommendations),
+            "model_version": version,
+            "users": fold.user_index.count(),
+            "items": fold.items,
+            "interactions": fold.ratings.count(),
+            "recommendation_rows": (
+                _rows_written(spark, outputs.recommendations) if serving is not None else 0
+            ),
             "popularity_rows": _rows_written(spark, outputs.popularity),
         }
     finally:
-        for df in (scores, popularity, ratings, items, users, exclude):
-            if df is not None:
-                df.unpersist()
+        fold.release()
 
 
 def _rows_written(spark: SparkSession, path: str) -> int:
     """Rows of the last write to a Delta table, from its log (no scan)."""
     metrics = latest_commit(DeltaTable.forPath(spark, path))["operationMetrics"]
     return int(metrics.get("numOutputRows", 0))
-
-
-def _run_row(
-    version: str,
-    trained_at: datetime,
-    versions: dict[str, int],
-    best: AlsParams,
-    feats: FeatureSettings,
-    evaluation: dict[str, Any],
-    written: dict[str, int],
-) -> dict[str, Any]:
-    """The features.training_runs row of this run, by RUNS_SCHEMA field name."""
-    chosen = _chosen(evaluation["grid"], best)
-    return {
-        "model_version": version,
-        "trained_at": trained_at,
-        "input_versions": versions,
-        "rank": best.rank,
-        "reg_param": best.reg_param,
-        "alpha": best.alpha,
-        "max_iter": feats.als.max_iter,
-        "seed": feats.seed,
-        "top_k": feats.top_k,
-        "holdout_start": evaluation["holdout_start"],
-        "eval_users": evaluation["eval_users"],
-        **{m: chosen[m] for m in METRICS},
-        **{f"baseline_{m}": evaluation["baseline"][m] for m in METRICS},
-        "grid": [_by_name(point, GRID_POINT) for point in evaluation["grid"]],
-        "users": written["users"],
-        "items": written["items"],
-        "interactions": written["interactions"],
-    }
 
 
 def _by_name(row: Mapping[str, Any], schema: T.StructType) -> tuple[Any, ...]:

@@ -34,7 +34,6 @@ KINDS = ("valid", "duplicate", *BAD_KINDS)
 
 # Behavioural constants of the simulated population: they shape realism, not
 # the pipeline, so they live here rather than in conf/.
-TASTE_SHARE = 0.8  # sessions a user spends in their preferred genres
 ZIPF_S = 1.0  # media popularity exponent
 DEVICES = ("web", "ios", "android", "tv")
 DEVICE_WEIGHTS = (0.3, 0.25, 0.3, 0.15)
@@ -188,6 +187,7 @@ class _World:
             raise ValueError("simulate.genres is empty")
         self.rng = rng
         self.genre_names = list(sim.genres)
+        self.taste_share = sim.taste_share
         self.creators: list[tuple[str, str]] = []
         for i in range(sim.creators):
             self.creators.append((f"c-{i + 1:04d}", self.genre_names[i % len(self.genre_names)]))
@@ -236,7 +236,7 @@ class _World:
 
     def pick_media(self, user: _User) -> _Media:
         rng = self.rng
-        genre = rng.choice(user.genres if rng.random() < TASTE_SHARE else self.genre_names)
+        genre = rng.choice(user.genres if rng.random() < self.taste_share else self.genre_names)
         if not self.genres[genre].media:  # a genre nobody has published in yet
             genre = self.media[rng.randrange(len(self.media))].genre
         return self.media[self.genres[genre].pick(rng)]
@@ -352,7 +352,12 @@ class StreamGenerator:
         rest = events - sum(counts.values())
         if rest < 0:
             raise ValueError("simulate ratios add up to more than 1")
-        counts["user_actions"] = rest
+        # The starting catalog is announced first, out of the user actions' share
+        # (at most a tenth of it): a lakehouse knows the genre and creator of what
+        # it serves. Announcements beyond that share are left out.
+        self.catalog = min(len(self.world.media), rest // 10) if sim.catalog_uploads else 0
+        counts["content_uploads"] += self.catalog
+        counts["user_actions"] = rest - self.catalog
         if counts["user_actions"] + counts["content_uploads"] + counts["system_events"] == 0:
             counts["user_actions"], counts["duplicate"] = counts["duplicate"], 0
         return counts
@@ -367,6 +372,10 @@ class StreamGenerator:
         names = list(counts)
         for i in range(self.events):
             self.clock = max(self.clock, self.timeline.at(i))
+            if i < self.catalog:
+                counts["content_uploads"] -= 1
+                yield self._announce(self.world.media[i])
+                continue
             # Sampling without replacement keeps every count exact.
             pick = rng.random() * (self.events - i)
             for name in names:
@@ -407,6 +416,14 @@ class StreamGenerator:
             return self._valid_record(topic_kind, payload, payload["mediaId"], ms, late)
         payload = self._system_payload(ms)
         return self._valid_record(topic_kind, payload, payload["host"], ms, late)
+
+    def _announce(self, media: _Media) -> SimRecord:
+        """The content_upload of a media of the starting catalog."""
+        payload = self._upload_payload(media, self.clock)
+        record = self._valid_record("content_uploads", payload, payload["mediaId"], self.clock,
+                                    False)  # fmt: skip
+        self._remember(record)
+        return record
 
     def _valid_record(
         self, topic_kind: str, payload: dict[str, Any], key: str, ms: int, late: bool
