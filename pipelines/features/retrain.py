@@ -533,8 +533,7 @@ def run(
             "eval_users": eval_users,
             **model,
             **{f"baseline_{m}": baseline[m] for m in METRICS},
-            "grid": [_by_name({**r["candidate"].as_dict(), **{m: r[m] for m in METRICS}},
-                              GRID_POINT) for r in tried if r["candidate"].kind == "als"],
+            "grid": [_by_name(point, GRID_POINT) for point in _als_grid(tried)],
             "users": written["users"],
             "items": written["items"],
             "interactions": written["interactions"],
@@ -582,12 +581,20 @@ def run(
         "served_before": None if served_metrics is None else served_metrics,
         "candidates": [{"candidate": r["candidate"].label(), **{m: r[m] for m in METRICS}}
                        for r in tried],
-        "grid": [{**r["candidate"].as_dict(), **{m: r[m] for m in METRICS}}
-                 for r in tried if r["candidate"].kind == "als"],
+        "grid": _als_grid(tried),
         **{k: v for k, v in written.items() if k != "model_version"},
         "timings_s": dict(timings),
         "total_s": round(time.monotonic() - started, 1),
     }  # fmt: skip
+
+
+def _als_grid(tried: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The ALS points of the validation results, as the `grid` column holds them."""
+    return [
+        {**_als_params(r["candidate"]).as_dict(), **{m: r[m] for m in METRICS}}
+        for r in tried
+        if r["candidate"].kind == "als"
+    ]
 
 
 def _config(feats: FeatureSettings, candidate: Candidate) -> dict[str, Any]:

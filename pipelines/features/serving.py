@@ -15,6 +15,8 @@ Everything lives under `<lakehouse root>/_feast` unless `serving.repo` says wher
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -107,7 +109,11 @@ def publish(spark: SparkSession, settings: Settings) -> dict[str, Any]:
     if newest is None:
         return {"users": 0, "seconds": round(time.monotonic() - started, 2)}
     end = newest.replace(tzinfo=newest.tzinfo or UTC) + timedelta(seconds=1)
-    fs.materialize(start_date=datetime(1970, 1, 2, tzinfo=UTC), end_date=end)
+    # Feast prints its progress; a command prints one line of its own.
+    chatter = io.StringIO()
+    with contextlib.redirect_stdout(chatter), contextlib.redirect_stderr(chatter):
+        fs.materialize(start_date=datetime(1970, 1, 2, tzinfo=UTC), end_date=end)
+    log.debug("feast materialize: %s", chatter.getvalue())
     users = spark.read.format("delta").load(
         catalog.FEATURES_USER_RECOMMENDATIONS.path(settings)
     ).select("user_id").distinct().count()
