@@ -1,4 +1,5 @@
-"""Benchmark of `lakehouse retrain` on ~1,000,000 synthetic playback sessions.
+"""Benchmark of `lakehouse retrain` on synthetic playback sessions (1M by default;
+`--sessions 10000000` for the large run).
 
 Run it under the JVM lock (it starts Spark):
 
@@ -8,11 +9,12 @@ The sessions are built directly as a DataFrame (no Kafka, no streams): users
 with one or two favourite genres, Zipf-like media popularity inside a genre,
 more completions and fewer skips in favourite genres, start times uniform
 over `--days`. Each session also yields 2-4 silver.user_actions rows
-(play ... complete/skip/pause), so item popularity has real input. The retrain
+(play ... complete/skip/pause), so item popularity has real input, and every
+media one silver.content_uploads row (its planted genre, a creator). The retrain
 runs with the conf/ settings (grid, max_iter, top_k) against a throw-away
 lakehouse root; wall time per phase, the driver JVM's peak resident memory
 (VmHWM of the java child of this process) and this Python process's peak RSS go
-to bench/results/retrain.json.
+to bench/results/retrain.json, one entry per `--sessions`.
 """
 
 from __future__ import annotations
@@ -260,8 +262,14 @@ def main(argv: list[str] | None = None) -> int:
         },
         "summary": {k: v for k, v in summary.items() if k != "timings_s"},
     }  # fmt: skip
+    # One file, one entry per input size (each size is a run of its own: peak
+    # memory is the JVM's lifetime high-water mark).
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2, default=str) + "\n")
+    runs = {}
+    if args.out.exists():
+        runs = json.loads(args.out.read_text()).get("runs", {})
+    runs[str(args.sessions)] = result
+    args.out.write_text(json.dumps({"runs": runs}, indent=2, default=str) + "\n")
     print(json.dumps({k: result[k] for k in ("input", "seconds", "memory")}, indent=2))
     print(f"written to {args.out}")
     return 0
