@@ -20,6 +20,7 @@ import platform
 import shutil
 import sys
 import tempfile
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,6 +38,36 @@ DATASETS = {
 }
 
 
+LOOKUPS = 10_000
+
+
+def lookup_latency(settings, n: int) -> dict[str, float]:  # noqa: ANN001
+    """The engine's read: `n` single-user get_online_features calls on the online
+    store the retrain just filled, users drawn at random (a few unknown)."""
+    import random
+
+    from pipelines.features import serving
+
+    store = serving.store(settings)
+    users = [f"u-{i:05d}" for i in range(1, settings.simulate.users + 50)]
+    serving.top_k(store, users[:1])  # the registry is read once, then cached
+    rng = random.Random(1)
+    times = []
+    for _ in range(n):
+        user = rng.choice(users)
+        started = time.perf_counter()
+        serving.top_k(store, [user])
+        times.append((time.perf_counter() - started) * 1000)
+    times.sort()
+    return {
+        "lookups": n,
+        "p50_ms": round(times[n // 2], 2),
+        "p95_ms": round(times[int(n * 0.95)], 2),
+        "p99_ms": round(times[int(n * 0.99)], 2),
+        "max_ms": round(times[-1], 2),
+    }
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=RESULTS)
@@ -44,6 +75,7 @@ def main() -> int:
     base = load_settings(env={})
     spark = build_spark(base.spark)
     results = {}
+    lookup: dict[str, float] | None = None
     try:
         for name, (seed, share, events) in DATASETS.items():
             root = Path(tempfile.mkdtemp(prefix="recs-bench-")) / "lake"
@@ -52,6 +84,8 @@ def main() -> int:
             try:
                 write_inputs(spark, settings, silver_rows(settings, events, seed))
                 summary = retrain.run(spark, settings)
+                if lookup is None:
+                    lookup = lookup_latency(settings, LOOKUPS)
             finally:
                 shutil.rmtree(root.parent, ignore_errors=True)
             served = (summary["model"] if summary["decision"] == "promoted"
@@ -80,6 +114,7 @@ def main() -> int:
         "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "datasets": results,
+        "online_lookup": lookup,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=2, default=str) + "\n")
