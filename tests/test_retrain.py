@@ -14,6 +14,7 @@ from pyspark.sql import functions as F
 from pyspark.testing import assertDataFrameEqual
 
 from pipelines.features import retrain, serving
+from pipelines.features.fresh import FreshConf, keep_fresh
 from pipelines.features.interactions import popular_items
 from pipelines.gold import engagement, notifications
 from pipelines.settings import Settings, load_settings
@@ -263,10 +264,10 @@ def test_a_completed_item_leaves_the_served_list_before_the_next_retrain(
     batch.write.format("delta").partitionBy("event_date").save(
         stream_settings.lakehouse.table_path("silver", "user_actions")
     )
+    # ... and keeps the no-signal lakehouse's features fresh.
     conf = dataclasses.replace(
         engagement.EngagementConf.from_settings(stream_settings),
-        recommendations=retrain.RECOMMENDATIONS.path(settings),
-        serving=settings,
+        fresh=FreshConf.from_settings(settings),
     )
     engagement.ensure_tables(spark, conf)
     engagement.process_batch(batch, 0, conf)
@@ -302,3 +303,61 @@ def test_retrain_publishes_the_served_lists_to_the_online_store(
     users = [u for u in sorted(served) if u != "u-0001"][:50] + ["u-nobody"]
     online = serving.top_k(serving.store(settings), users)
     assert online == {**{u: served[u] for u in users[:-1]}, "u-nobody": None}
+
+
+def test_item_popularity_follows_gold_between_retrains(
+    spark: SparkSession, no_signal: dict
+) -> None:
+    """After a batch, the batch's media have plays and trending recounted from gold's
+    windows (anchored at the batch's newest event); a media new since the retrain gets
+    a row; other media keep the retrain's figures."""
+    settings = no_signal["settings"]
+    conf = engagement.EngagementConf.from_settings(settings)
+    silver = spark.read.format("delta").load(conf.silver)
+    windows = engagement.gold_frames(silver, conf)[engagement.MEDIA_ENGAGEMENT]
+    windows.write.format("delta").partitionBy("window_date").save(
+        conf.gold[engagement.MEDIA_ENGAGEMENT]
+    )
+    before = {r["media_id"]: r for r in read(spark, settings, "item_popularity").collect()}
+    newest = max(r[3] for r in no_signal_rows()["user_action"])
+    batch_rows = [
+        (f"pop-{i}", f"u-{i:04d}", "play", newest + timedelta(minutes=10 + i), media,
+         f"s-pop-{i}", 0, "web", 2, "media.user-actions", 0, 2 * 10**9 + i,
+         newest, (newest + timedelta(minutes=10 + i)).date())
+        for i, media in enumerate(["m-0005"] * 4 + ["m-brand-new"] * 2)
+    ]  # fmt: skip
+    batch = spark.createDataFrame(batch_rows, silver_schema("user_action"))
+    batch.write.format("delta").mode("append").save(conf.silver)
+    engagement.refresh_windows(spark, conf, batch)
+    keep_fresh(spark, FreshConf.from_settings(settings), batch)
+
+    after = {r["media_id"]: r for r in read(spark, settings, "item_popularity").collect()}
+    anchor = max(r[3] for r in batch_rows)
+    days = settings.features.popularity_days
+    plays = [r for r in [*no_signal_rows()["user_action"], *batch_rows] if r[2] == "play"]
+
+    def window(at: datetime) -> datetime:
+        return at - timedelta(minutes=at.minute % 5, seconds=at.second,
+                              microseconds=at.microsecond)  # fmt: skip
+
+    def recount(media: str, span: timedelta) -> int:
+        return sum(1 for r in plays if r[4] == media and anchor - span < window(r[3]) <= anchor)
+
+    prior = settings.features.trending_prior
+    for media in ("m-0005", "m-brand-new"):
+        plays_7d = recount(media, timedelta(days=days))
+        plays_1d = recount(media, timedelta(days=1))
+        assert after[media]["plays_7d"] == plays_7d, media
+        assert after[media]["trending_score"] == round(
+            (plays_1d + prior) / (plays_7d / days + prior), 6
+        ), media
+    assert after["m-0005"]["unique_viewers_7d"] == before["m-0005"]["unique_viewers_7d"]
+    # A new media: the most viewers of one of its windows, no completion rate yet.
+    viewers: dict[datetime, set[str]] = {}
+    for r in batch_rows[4:]:
+        viewers.setdefault(window(r[3]), set()).add(r[1])
+    assert after["m-brand-new"]["unique_viewers_7d"] == max(len(v) for v in viewers.values())
+    assert after["m-brand-new"]["completion_rate"] is None
+    assert {m: r for m, r in after.items() if m not in ("m-0005", "m-brand-new")} == {
+        m: r for m, r in before.items() if m != "m-0005"
+    }

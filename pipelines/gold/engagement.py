@@ -39,8 +39,7 @@ from pyspark.sql.streaming import StreamingQuery
 
 from pipelines import catalog
 from pipelines.catalog import CatalogTable
-from pipelines.features.fresh import completed, drop_completed
-from pipelines.features.serving import refresh_users
+from pipelines.features.fresh import FreshConf, keep_fresh
 from pipelines.gold.transforms import (
     annotate_plays,
     daily_active_users,
@@ -134,10 +133,8 @@ class EngagementConf:
     window: str
     gap: str
     watermark: str
-    # The served lists a completion removes its item from (features.user_recommendations),
-    # and the settings of the online store that serves them (None: not served there).
-    recommendations: str | None = None
-    serving: Settings | None = None
+    # The features kept fresh between retrains (None: not kept).
+    fresh: FreshConf | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> EngagementConf:
@@ -149,8 +146,7 @@ class EngagementConf:
             window=settings.gold.window,
             gap=settings.gold.session_gap,
             watermark=settings.gold.watermark,
-            recommendations=catalog.FEATURES_USER_RECOMMENDATIONS.path(settings),
-            serving=settings if settings.serving.enabled else None,
+            fresh=FreshConf.from_settings(settings),
         )
 
 
@@ -467,18 +463,16 @@ def process_windows_batch(batch: DataFrame, batch_id: int, conf: EngagementConf)
 
 def process_batch(batch: DataFrame, batch_id: int, conf: EngagementConf) -> None:
     """foreachBatch body of `gold_engagement`: record late events, refresh the sessions
-    and days of on-time ones, take the batch's completed items off the served lists
-    (late or not), then record this batch's max event time. Safe to run again for the
-    same batch id."""
+    and days of on-time ones, keep the features fresh (`keep_fresh`: completed items
+    off the served lists, late or not; item popularity), then record this batch's max
+    event time. Safe to run again for the same batch id."""
     spark = batch.sparkSession
     events = batch.select(*KEY_COLUMNS).persist()
     try:
         if events.isEmpty():
             return
-        if conf.recommendations is not None:
-            done = completed(batch)
-            if drop_completed(spark, conf.recommendations, done) and conf.serving is not None:
-                refresh_users(spark, conf.serving, done.select("user_id"))
+        if conf.fresh is not None:
+            keep_fresh(spark, conf.fresh, batch)
         # A null watermark (first batch) compares to null: nothing is late.
         is_late = F.coalesce(F.col("event_time") < F.col("watermark"), F.lit(False))
         flagged = (
