@@ -53,14 +53,17 @@ def lookup_latency(settings, n: int) -> dict[str, float]:  # noqa: ANN001
     serving.top_k(store, users[:1])  # the registry is read once, then cached
     rng = random.Random(1)
     times = []
+    hits = 0
     for _ in range(n):
         user = rng.choice(users)
         started = time.perf_counter()
-        serving.top_k(store, [user])
+        found = serving.top_k(store, [user])[user]
         times.append((time.perf_counter() - started) * 1000)
+        hits += found is not None and len(found) == settings.features.top_k
     times.sort()
     return {
         "lookups": n,
+        "full_lists": hits,
         "p50_ms": round(times[n // 2], 2),
         "p95_ms": round(times[int(n * 0.95)], 2),
         "p99_ms": round(times[int(n * 0.99)], 2),
