@@ -303,6 +303,7 @@ class Fold:
     anchor: datetime | None = None
     serve_to: DataFrame | None = None
     _cached: list[DataFrame] = field(default_factory=list)
+    _taste_inputs: taste.TasteInputs | None = None
 
     def __post_init__(self) -> None:
         feats, sessions, actions = self.feats, self.inputs.sessions, self.inputs.actions
@@ -360,12 +361,23 @@ class Fold:
             return top_scores(model, self.users, self.user_index, self.item_index, self.n)
         if candidate.kind == "taste":
             params = taste.TasteParams(**candidate.as_dict())
-            scored = taste.taste_scores(
-                self.train, self.inputs.meta, self.popularity, params, feats.taste,
-                feats.weights, self.n,
-            )  # fmt: skip
-            return scored.join(self.users, on="user_id", how="inner")
+            return taste.taste_scores(self._taste(), params, feats.taste.floor, self.n)
         raise ValueError(f"unknown candidate kind {candidate.kind!r}")
+
+    def _taste(self) -> taste.TasteInputs:
+        """The taste candidates' inputs for this fold's users, cached on first use."""
+        if self._taste_inputs is None:
+            feats = self.feats
+            made = taste.taste_inputs(
+                self.train.join(self.users, on="user_id", how="left_semi"),
+                self.inputs.meta, self.popularity, self.exclude, feats.taste, feats.weights,
+                self.k, feats.max_extra_candidates,
+            )  # fmt: skip
+            self._taste_inputs = taste.TasteInputs(
+                self._keep(made.items), self._keep(made.genres), self._keep(made.creators),
+                made.max_depth,
+            )  # fmt: skip
+        return self._taste_inputs
 
     def lists(self, candidate: Candidate) -> DataFrame:
         """The top-k lists `candidate` serves this fold's users (new uploads first,

@@ -4,10 +4,11 @@ Pure transforms (`DataFrame -> DataFrame`), like `interactions`:
 - `item_meta`: each media's genre and creator, from silver.content_uploads;
 - `user_shares`: a user's share of positive watch strength per genre (or creator),
   recent sessions weighing more (`features.taste.half_life_days`);
-- `taste_scores`: per user, the most popular items of the genres and creators they
-  watch, scored `(genre share + creator_weight * creator share + floor) * pop^power`,
-  where `pop` is an item's unique viewers over the most-viewed item's. An item
-  outside every taste keeps `floor * pop`, so with no tastes the order is popularity.
+- `taste_inputs` then `taste_scores`: per user, the most popular items of the
+  genres and creators they watch, scored
+  `(genre share + creator_weight * creator share + floor) * pop^power`, where `pop`
+  is an item's unique viewers over the most-viewed item's. An item outside every
+  taste keeps `floor * pop`, so with no tastes the order is popularity.
 - `followed_uploads`: uploads of creators a user is a fan of (gold.notifications),
   recent enough to lead the user's list.
 """
@@ -82,57 +83,92 @@ def user_shares(
     )
 
 
-def _top_per(items: DataFrame, key: str, n: int) -> DataFrame:
-    """The `n` most popular items of each `key` value (ties by media_id)."""
-    order = Window.partitionBy(key).orderBy(F.col("pop").desc(), F.col("media_id"))
-    return (
-        items.filter(F.col(key).isNotNull())
-        .withColumn("r", F.row_number().over(order))
-        .filter(F.col("r") <= n)
-        .select(key, "media_id")
-    )
+@dataclass(frozen=True)
+class TasteInputs:
+    """What every taste candidate of one training set reads (cache them once):
+    - `items`: media_id, `viewers` (unique viewers over the most-viewed item's),
+      genre, creator_id;
+    - `genres`, `creators`: user_id, the key, `share`, and `depth`: how many of the
+      key's most popular items the user may need, k plus the user's completed items
+      of that key (they are excluded later), at most k + `max_extra`."""
+
+    items: DataFrame
+    genres: DataFrame
+    creators: DataFrame
+    max_depth: int
 
 
-def taste_scores(
+def taste_inputs(
     sessions: DataFrame,
     meta: DataFrame,
     popularity: DataFrame,
-    params: TasteParams,
+    exclude: DataFrame,
     grid: TasteGrid,
     weights: FeatureWeights,
-    n: int,
-) -> DataFrame:
-    """Up to `n` scored items per user with a taste: (user_id, media_id, score).
-
-    Candidates are the `n` most popular items of each of the user's genres (and
-    creators, when `creator_weight` > 0); `blend_recommendations` fills the rest
-    of a list from popularity, the same order `floor * pop` would give."""
+    k: int,
+    max_extra: int,
+) -> TasteInputs:
     most = popularity.agg(F.max("unique_viewers_7d").alias("most"))
     items = (
         popularity.crossJoin(most)
         .filter(F.col("most") > 0)
-        .select(
-            "media_id",
-            F.pow(F.col("unique_viewers_7d") / F.col("most"), F.lit(params.popularity_power))
-            .alias("pop"),
-        )
+        .select("media_id", (F.col("unique_viewers_7d") / F.col("most")).alias("viewers"))
         .join(meta, on="media_id", how="left")
     )
-    genres = user_shares(sessions, meta, "genre", weights, grid.half_life_days)
-    creators = user_shares(sessions, meta, "creator_id", weights, grid.half_life_days)
-    candidates = genres.join(_top_per(items, "genre", n), on="genre").select("user_id", "media_id")
+
+    def with_depth(key: str) -> DataFrame:
+        done = (
+            exclude.join(meta.select("media_id", key), on="media_id")
+            .groupBy("user_id", key)
+            .agg(F.count(F.lit(1)).alias("done"))
+        )
+        depth = F.lit(k) + F.least(F.coalesce(F.col("done"), F.lit(0)), F.lit(max_extra))
+        return (
+            user_shares(sessions, meta, key, weights, grid.half_life_days)
+            .join(done, on=["user_id", key], how="left")
+            .select("user_id", key, "share", depth.cast("int").alias("depth"))
+        )
+
+    return TasteInputs(items, with_depth("genre"), with_depth("creator_id"), k + max_extra)
+
+
+def _candidates(shares: DataFrame, items: DataFrame, key: str, max_depth: int) -> DataFrame:
+    """(user_id, media_id): the `depth` most popular items of each of a user's `key`s
+    (ties by media_id), joined by rank: rows as many as the depths add up to."""
+    order = Window.partitionBy(key).orderBy(F.col("viewers").desc(), F.col("media_id"))
+    ranked = (
+        items.filter(F.col(key).isNotNull())
+        .withColumn("r", F.row_number().over(order))
+        .filter(F.col("r") <= max_depth)
+        .select(key, "r", "media_id")
+    )
+    wanted = shares.select("user_id", key, F.explode(F.sequence(F.lit(1), "depth")).alias("r"))
+    return wanted.join(F.broadcast(ranked), on=[key, "r"]).select("user_id", "media_id")
+
+
+def taste_scores(inputs: TasteInputs, params: TasteParams, floor: float, n: int) -> DataFrame:
+    """Up to `n` scored items per user with a taste: (user_id, media_id, score).
+
+    Candidates are the most popular items of each of the user's genres (and
+    creators, when `creator_weight` > 0), as deep as the user needs
+    (`TasteInputs`); `blend_recommendations` fills the rest of a list from
+    popularity, the order `floor * pop` gives."""
+    items = inputs.items.withColumn("pop", F.pow("viewers", F.lit(params.popularity_power)))
+    candidates = _candidates(inputs.genres, items, "genre", inputs.max_depth)
     if params.creator_weight > 0:
         candidates = candidates.unionByName(
-            creators.join(_top_per(items, "creator_id", n), on="creator_id").select(
-                "user_id", "media_id"
-            )
+            _candidates(inputs.creators, items, "creator_id", inputs.max_depth)
         )
     rows = (
         candidates.distinct()
-        .join(items, on="media_id")
-        .join(genres.withColumnRenamed("share", "g_share"), on=["user_id", "genre"], how="left")
+        .join(F.broadcast(items), on="media_id")
         .join(
-            creators.withColumnRenamed("share", "c_share"),
+            inputs.genres.select("user_id", "genre", F.col("share").alias("g_share")),
+            on=["user_id", "genre"],
+            how="left",
+        )
+        .join(
+            inputs.creators.select("user_id", "creator_id", F.col("share").alias("c_share")),
             on=["user_id", "creator_id"],
             how="left",
         )
@@ -140,7 +176,7 @@ def taste_scores(
     score = (
         F.coalesce(F.col("g_share"), F.lit(0.0))
         + F.lit(params.creator_weight) * F.coalesce(F.col("c_share"), F.lit(0.0))
-        + F.lit(grid.floor)
+        + F.lit(floor)
     ) * F.col("pop")
     best = Window.partitionBy("user_id").orderBy(F.col("score").desc(), F.col("media_id"))
     return (
