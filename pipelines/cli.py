@@ -340,9 +340,9 @@ def _retrain_line(result: dict[str, Any], short: bool = False) -> str:
     if short:
         model, base = result["model"]["ndcg_at_10"], result["baseline"]["ndcg_at_10"]
         return (
-            f"{result['decision']}: {result['served']} serves; NDCG@10 of "
-            f"{result['candidate']} {model if model is None else round(model, 3)} vs "
-            f"popularity {base if base is None else round(base, 3)}"
+            f"{result['decision']}: {result['served'].split('(')[0]} serves; NDCG@10 of "
+            f"{result['candidate'].split('(')[0]} {model if model is None else round(model, 3)}"
+            f" vs popularity {base if base is None else round(base, 3)}"
         )
     return (
         f"{result['decision']}: {result['served']} serves "

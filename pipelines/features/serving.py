@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import warnings
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,8 +56,17 @@ def lists_query(path: str) -> str:
 def store(settings: Settings) -> FeatureStore:
     """The feature store, its definitions applied (idempotent)."""
     from feast import Entity, FeatureStore, FeatureView, Field, RepoConfig, ValueType
+    from feast.infra.offline_stores.contrib.spark_offline_store import spark  # noqa: F401
     from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
     from feast.types import Array, String
+
+    # Feast warns on every use of its Spark source ("an experimental feature"): known,
+    # and said once in the README rather than on every command's console. Set after
+    # the imports: Feast's modules put filters of their own first when imported.
+    warnings.filterwarnings(
+        "ignore", message="The spark data source API is an experimental",
+        category=RuntimeWarning,
+    )
 
     repo = repo_dir(settings)
     repo.mkdir(parents=True, exist_ok=True)
