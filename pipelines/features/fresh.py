@@ -18,7 +18,7 @@ while it ran.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 from delta.tables import DeltaTable
 from pyspark.sql import DataFrame, SparkSession
@@ -84,17 +84,19 @@ def drop_completed(spark: SparkSession, recommendations: str, pairs: DataFrame) 
         pairs.unpersist()
 
 
-def refresh_popularity(
-    spark: SparkSession, conf: FreshConf, media: DataFrame, anchor: datetime
-) -> int:
-    """Recount plays and trending of `media` (media_id) over the `popularity_days`
-    before `anchor` from gold's windows, into features.item_popularity; return rows
-    written. Reads the window-date partitions of those days only."""
+def refresh_popularity(spark: SparkSession, conf: FreshConf, actions: DataFrame) -> int:
+    """Recount plays and trending of the media of `actions` over the `popularity_days`
+    before their newest event from gold's windows, into features.item_popularity;
+    return rows written. Reads the window-date partitions of those days only."""
     if not (
         DeltaTable.isDeltaTable(spark, conf.popularity)
         and DeltaTable.isDeltaTable(spark, conf.windows)
     ):
         return 0
+    newest = actions.agg(F.max("event_time")).head()
+    if newest is None or newest[0] is None:
+        return 0
+    anchor, media = newest[0], actions.select("media_id")
     days = conf.popularity_days
     since, day = anchor - timedelta(days=days), anchor - timedelta(days=1)
     dates = [(since + timedelta(days=i)).date() for i in range(days + 2)]
@@ -140,6 +142,4 @@ def keep_fresh(spark: SparkSession, conf: FreshConf, batch: DataFrame) -> None:
     done = completed(batch)
     if drop_completed(spark, conf.recommendations, done) and conf.serving is not None:
         refresh_users(spark, conf.serving, done.select("user_id"))
-    newest = batch.agg(F.max("event_time")).head()
-    if newest is not None and newest[0] is not None:
-        refresh_popularity(spark, conf, batch.select("media_id"), newest[0])
+    refresh_popularity(spark, conf, batch)

@@ -53,8 +53,21 @@ def lists_query(path: str) -> str:
     )
 
 
+# Stores already opened in this process, by repo and table: the gold stream asks for
+# one every batch that takes items off lists, and applying the definitions each time
+# would rewrite the registry.
+_OPENED: dict[tuple[str, str], FeatureStore] = {}
+
+
 def store(settings: Settings) -> FeatureStore:
-    """The feature store, its definitions applied (idempotent)."""
+    """The feature store, its definitions applied once per process."""
+    key = (str(repo_dir(settings)), catalog.FEATURES_USER_RECOMMENDATIONS.path(settings))
+    if key not in _OPENED:
+        _OPENED[key] = _open(settings)
+    return _OPENED[key]
+
+
+def _open(settings: Settings) -> FeatureStore:
     from feast import Entity, FeatureStore, FeatureView, Field, RepoConfig, ValueType
     from feast.infra.offline_stores.contrib.spark_offline_store import spark  # noqa: F401
     from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
